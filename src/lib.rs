@@ -6,3 +6,12 @@
 
 pub mod backend;
 pub mod wal;
+
+/// Code generated from `schema/` by `cargo run -p corekv-xtask -- capnp` (checked in, so
+/// the build needs no `capnp` compiler; CI verifies it is fresh).
+pub mod generated {
+    /// The client API: `schema/rpc.capnp`.
+    #[rustfmt::skip]
+    #[allow(clippy::all, clippy::pedantic, missing_docs, unused_qualifications)]
+    pub mod rpc_capnp;
+}

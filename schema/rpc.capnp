@@ -1,0 +1,225 @@
+@0xbeb325433b059cbf;
+# corekv client API.
+#
+# Semantics follow etcd v3 (rpc.proto, api_guarantees): the same revisions, ranges,
+# compares and transactions, carried over Cap'n Proto RPC. Differences in form, not meaning:
+# - Every call returns a result union: either the response or a typed Error. Cap'n Proto
+#   exceptions are reserved for transport failures (disconnects), never for request errors.
+# - Byte strings are Data; an empty rangeEnd means "single key", as in etcd.
+#
+# Compatibility: fields and methods are only ever added (new ordinals), never renumbered.
+# The bootstrap interface `CoreKv` gains `watch`, `lease`, `cluster` and `auth` services as
+# they are built.
+
+# ---------------------------------------------------------------- common
+
+struct ResponseHeader {
+  clusterId @0 :UInt64;
+  memberId @1 :UInt64;
+  revision @2 :Int64;
+  # The store revision when the request was applied (for reads: the revision read at).
+  raftTerm @3 :UInt64;
+}
+
+enum ErrorCode {
+  unknown @0;
+  compacted @1;           # requested revision is below the compacted revision
+  futureRevision @2;      # requested revision is above the current revision
+  requestTooLarge @3;     # encoded request exceeds --max-request-bytes
+  tooManyTxnOps @4;       # a txn branch has more ops than --max-txn-ops
+  duplicateKey @5;        # a txn modifies the same key twice
+  keyNotFound @6;         # ignoreValue / ignoreLease on a key that does not exist
+  invalidRange @7;        # malformed key / rangeEnd combination or empty key
+  noSpace @8;             # backend quota (--quota-backend-bytes) exhausted
+  timeout @9;             # the request did not complete within its deadline
+  unavailable @10;        # no leader / shutting down; the request may be retried
+  invalidArgument @11;    # any other bad field; the message names it
+  leaseNotFound @12;
+  leaseExists @13;
+  leaseTtlTooLarge @14;
+  watchIdExists @15;
+  internal @16;           # a server bug or storage failure; the message says what
+}
+
+struct Error {
+  code @0 :ErrorCode;
+  message @1 :Text;       # human-readable: which limit, which field
+}
+
+struct KeyValue {
+  key @0 :Data;
+  createRevision @1 :Int64;
+  modRevision @2 :Int64;
+  version @3 :Int64;      # 1 at creation, +1 per modification, reset by delete
+  value @4 :Data;
+  lease @5 :Int64;        # 0 = no lease
+}
+
+# ---------------------------------------------------------------- KV
+
+enum SortOrder {
+  none @0;
+  ascend @1;
+  descend @2;
+}
+
+enum SortTarget {
+  key @0;
+  version @1;
+  create @2;
+  mod @3;
+  value @4;
+}
+
+struct RangeRequest {
+  key @0 :Data;
+  rangeEnd @1 :Data;
+  # Empty: the single key `key`. "\0": every key >= key (or all keys if key is "\0").
+  # Otherwise the half-open range [key, rangeEnd); a prefix p is [p, p+1).
+  limit @2 :Int64;        # 0 = no limit
+  revision @3 :Int64;     # <= 0 = current revision
+  sortOrder @4 :SortOrder;
+  sortTarget @5 :SortTarget;
+  serializable @6 :Bool;  # true: served from the local applied state without a quorum round
+  keysOnly @7 :Bool;
+  countOnly @8 :Bool;
+  minModRevision @9 :Int64;
+  maxModRevision @10 :Int64;
+  minCreateRevision @11 :Int64;
+  maxCreateRevision @12 :Int64;
+}
+
+struct RangeResponse {
+  header @0 :ResponseHeader;
+  kvs @1 :List(KeyValue);
+  more @2 :Bool;          # more keys matched than `limit` returned
+  count @3 :Int64;        # keys in the range (before limit)
+}
+
+struct PutRequest {
+  key @0 :Data;
+  value @1 :Data;
+  lease @2 :Int64;
+  prevKv @3 :Bool;
+  ignoreValue @4 :Bool;   # keep the current value; fails with keyNotFound if the key is absent
+  ignoreLease @5 :Bool;   # keep the current lease; fails with keyNotFound if the key is absent
+}
+
+struct PutResponse {
+  header @0 :ResponseHeader;
+  prevKv @1 :KeyValue;    # set only if requested and the key existed
+  hasPrevKv @2 :Bool;
+}
+
+struct DeleteRangeRequest {
+  key @0 :Data;
+  rangeEnd @1 :Data;      # same conventions as RangeRequest.rangeEnd
+  prevKv @2 :Bool;
+}
+
+struct DeleteRangeResponse {
+  header @0 :ResponseHeader;
+  deleted @1 :Int64;
+  prevKvs @2 :List(KeyValue);
+}
+
+struct RequestOp {
+  union {
+    range @0 :RangeRequest;
+    put @1 :PutRequest;
+    deleteRange @2 :DeleteRangeRequest;
+    txn @3 :TxnRequest;
+  }
+}
+
+struct ResponseOp {
+  union {
+    range @0 :RangeResponse;
+    put @1 :PutResponse;
+    deleteRange @2 :DeleteRangeResponse;
+    txn @3 :TxnResponse;
+  }
+}
+
+struct Compare {
+  enum CompareResult {
+    equal @0;
+    greater @1;
+    less @2;
+    notEqual @3;
+  }
+  result @0 :CompareResult;
+  key @1 :Data;
+  rangeEnd @2 :Data;      # compare every key in the range; all must satisfy it
+  target :union {
+    version @3 :Int64;
+    createRevision @4 :Int64;
+    modRevision @5 :Int64;
+    value @6 :Data;
+    lease @7 :Int64;
+  }
+}
+
+struct TxnRequest {
+  compare @0 :List(Compare);
+  success @1 :List(RequestOp);
+  failure @2 :List(RequestOp);
+}
+
+struct TxnResponse {
+  header @0 :ResponseHeader;
+  succeeded @1 :Bool;
+  responses @2 :List(ResponseOp);
+}
+
+struct CompactionRequest {
+  revision @0 :Int64;
+  physical @1 :Bool;      # reply only once history below `revision` is removed from the backend
+}
+
+struct CompactionResponse {
+  header @0 :ResponseHeader;
+}
+
+struct RangeResult { union { ok @0 :RangeResponse; err @1 :Error; } }
+struct PutResult { union { ok @0 :PutResponse; err @1 :Error; } }
+struct DeleteRangeResult { union { ok @0 :DeleteRangeResponse; err @1 :Error; } }
+struct TxnResult { union { ok @0 :TxnResponse; err @1 :Error; } }
+struct CompactionResult { union { ok @0 :CompactionResponse; err @1 :Error; } }
+
+interface KV {
+  range @0 (request :RangeRequest) -> (result :RangeResult);
+  put @1 (request :PutRequest) -> (result :PutResult);
+  deleteRange @2 (request :DeleteRangeRequest) -> (result :DeleteRangeResult);
+  txn @3 (request :TxnRequest) -> (result :TxnResult);
+  compact @4 (request :CompactionRequest) -> (result :CompactionResult);
+}
+
+# ---------------------------------------------------------------- Maintenance
+
+struct StatusResponse {
+  header @0 :ResponseHeader;
+  version @1 :Text;       # server version
+  dbSize @2 :Int64;       # backend file size, bytes
+  dbSizeInUse @3 :Int64;  # bytes in pages reachable from the current state
+  leader @4 :UInt64;      # member id of the raft leader, 0 if none
+  raftIndex @5 :UInt64;   # last raft log index
+  raftTerm @6 :UInt64;
+  raftAppliedIndex @7 :UInt64;
+  errors @8 :List(Text);  # active alarms, if any
+  isLearner @9 :Bool;
+}
+
+struct StatusResult { union { ok @0 :StatusResponse; err @1 :Error; } }
+
+interface Maintenance {
+  status @0 () -> (result :StatusResult);
+}
+
+# ---------------------------------------------------------------- bootstrap
+
+interface CoreKv {
+  # The capability a client receives on connect; each method hands out one service.
+  kv @0 () -> (kv :KV);
+  maintenance @1 () -> (maintenance :Maintenance);
+}
