@@ -5,6 +5,7 @@
 //! group commit that makes every change durable.
 
 pub mod backend;
+pub mod mvcc;
 pub mod wal;
 
 /// Code generated from `schema/` by `cargo run -p corekv-xtask -- capnp` (checked in, so

@@ -347,4 +347,15 @@ impl TreeMut<'_> {
         let _ = (range.start_bound(), limit);
         unimplemented!()
     }
+
+    /// At most `limit` entries in `range` as seen by this transaction (copied out), in
+    /// descending key order.
+    pub fn scan_rev<'r, R: RangeBounds<&'r [u8]>>(
+        &self,
+        range: R,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let _ = (range.start_bound(), limit);
+        unimplemented!()
+    }
 }

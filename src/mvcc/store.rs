@@ -1,0 +1,634 @@
+//! The write path: applying write requests inside one backend write transaction.
+//!
+//! The applier opens one [`WriteBatch`] per backend write transaction and applies many
+//! requests in it, each getting its own revision (a request that changes nothing gets
+//! none). Validation happens before any change, so a failed request leaves no trace.
+
+use std::ops::Bound;
+
+use super::encoding::{
+    encode_counter, history_key, history_value, kv_key, split_history_key, split_history_value,
+    split_kv_key, RecordHeader, VersionRecord, HISTORY_TREE, KV_ORDER, KV_TREE, META_COMPACT_DONE,
+    META_COMPACT_REVISION, META_REVISION, META_TREE,
+};
+use super::read::{
+    check_key, check_range_request, evaluate_compare, for_each_visible, latest, range_at,
+    resolve_revision, revisions, to_key_value, KvView, RangeEnd, RawEntry,
+};
+use super::types::{
+    DeleteRangeRequest, DeleteRangeResponse, Error, ErrorCode, Event, EventKind, KeyValue,
+    PutRequest, PutResponse, RequestOp, ResponseOp, Result, Revision, TxnRequest, TxnResponse,
+    WriteRequest, WriteResponse,
+};
+use crate::backend::{KeyOrder, WriteTxn};
+
+/// Deepest nesting of transactions accepted.
+pub const MAX_TXN_DEPTH: usize = 16;
+/// Default for [`Limits::max_txn_ops`] (etcd's default).
+pub const DEFAULT_MAX_TXN_OPS: usize = 128;
+
+/// Per-request limits enforced by the write path.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Most compares, success ops or failure ops in one transaction level.
+    pub max_txn_ops: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_txn_ops: DEFAULT_MAX_TXN_OPS,
+        }
+    }
+}
+
+/// A [`KvView`] of the state inside the write transaction, including its own changes.
+pub struct WriteView<'a, 'b> {
+    txn: &'a mut WriteTxn<'b>,
+}
+
+impl<'a, 'b> WriteView<'a, 'b> {
+    /// A view over `txn`.
+    pub fn new(txn: &'a mut WriteTxn<'b>) -> WriteView<'a, 'b> {
+        WriteView { txn }
+    }
+}
+
+impl KvView for WriteView<'_, '_> {
+    fn seek(&mut self, k: &[u8]) -> Result<Option<RawEntry>> {
+        let tree = self.txn.open_tree(KV_TREE, KV_ORDER)?;
+        Ok(tree
+            .scan((Bound::Included(k), Bound::Unbounded), 1)?
+            .into_iter()
+            .next())
+    }
+
+    fn seek_for_prev(&mut self, k: &[u8]) -> Result<Option<RawEntry>> {
+        let tree = self.txn.open_tree(KV_TREE, KV_ORDER)?;
+        Ok(tree
+            .scan_rev((Bound::Unbounded, Bound::Included(k)), 1)?
+            .into_iter()
+            .next())
+    }
+
+    fn counter(&mut self, name: &[u8]) -> Result<i64> {
+        let tree = self.txn.open_tree(META_TREE, KeyOrder::Bytewise)?;
+        match tree.get(name)? {
+            None => Ok(0),
+            Some(v) => super::encoding::decode_counter(name, &v),
+        }
+    }
+}
+
+/// Applies write requests in one backend write transaction and collects their events.
+pub struct WriteBatch<'a, 'b> {
+    view: WriteView<'a, 'b>,
+    limits: Limits,
+    current: Revision,
+    compacted: Revision,
+    events: Vec<Event>,
+}
+
+/// The outcome of one applied request: its response, or its error, and the store revision
+/// after it (the response header's revision).
+pub type Applied = (Result<WriteResponse>, Revision);
+
+impl<'a, 'b> WriteBatch<'a, 'b> {
+    /// Starts applying requests inside `txn`.
+    pub fn begin(txn: &'a mut WriteTxn<'b>, limits: Limits) -> Result<WriteBatch<'a, 'b>> {
+        let mut view = WriteView::new(txn);
+        let (current, compacted) = revisions(&mut view)?;
+        Ok(WriteBatch {
+            view,
+            limits,
+            current,
+            compacted,
+            events: Vec::new(),
+        })
+    }
+
+    /// The store revision after everything applied so far.
+    pub fn revision(&self) -> Revision {
+        self.current
+    }
+
+    /// The compacted revision.
+    pub fn compacted(&self) -> Revision {
+        self.compacted
+    }
+
+    /// Applies one request. An error leaves the store unchanged; a backend failure is an
+    /// `Internal` error after which the whole backend transaction must be abandoned.
+    pub fn apply(&mut self, req: &WriteRequest) -> Applied {
+        let result = match req {
+            WriteRequest::Put(p) => self.apply_put(p).map(WriteResponse::Put),
+            WriteRequest::DeleteRange(d) => self.apply_delete(d).map(WriteResponse::DeleteRange),
+            WriteRequest::Txn(t) => self.apply_txn(t).map(WriteResponse::Txn),
+            WriteRequest::Compact { revision } => self
+                .apply_compact(*revision)
+                .map(|()| WriteResponse::Compact),
+        };
+        (result, self.current)
+    }
+
+    /// The events of every change applied so far, in revision order; clears them.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+
+    fn apply_put(&mut self, p: &PutRequest) -> Result<PutResponse> {
+        check_put(p)?;
+        check_put_against_state(&mut self.view, p, self.current)?;
+        let mut change = Change::new(self.current + 1);
+        let resp = change.put(&mut self.view, p)?;
+        self.commit_change(change)?;
+        Ok(resp)
+    }
+
+    fn apply_delete(&mut self, d: &DeleteRangeRequest) -> Result<DeleteRangeResponse> {
+        check_key("delete", &d.key)?;
+        let mut change = Change::new(self.current + 1);
+        let resp = change.delete_range(&mut self.view, d)?;
+        self.commit_change(change)?;
+        Ok(resp)
+    }
+
+    fn apply_txn(&mut self, t: &TxnRequest) -> Result<TxnResponse> {
+        check_txn(t, &self.limits, 0)?;
+        // Every compare, nested ones included, sees the state before the transaction.
+        let mut path = Vec::new();
+        txn_path(&mut self.view, t, &mut path)?;
+        let mut cursor = 0;
+        check_txn_path(
+            &mut self.view,
+            t,
+            &path,
+            &mut cursor,
+            self.current,
+            self.compacted,
+        )?;
+        debug_assert_eq!(cursor, path.len(), "pre-checks walk the whole path");
+        let mut change = Change::new(self.current + 1);
+        let mut cursor = 0;
+        let resp = change.txn(&mut self.view, t, &path, &mut cursor, self.compacted)?;
+        self.commit_change(change)?;
+        Ok(resp)
+    }
+
+    fn apply_compact(&mut self, revision: Revision) -> Result<()> {
+        if revision <= self.compacted {
+            return Err(Error::new(
+                ErrorCode::Compacted,
+                format!(
+                    "compact: revision {revision} has already been compacted (compacted revision {})",
+                    self.compacted
+                ),
+            ));
+        }
+        if revision > self.current {
+            return Err(Error::new(
+                ErrorCode::FutureRevision,
+                format!(
+                    "compact: revision {revision} is above the current revision {}",
+                    self.current
+                ),
+            ));
+        }
+        self.view
+            .txn
+            .open_tree(META_TREE, KeyOrder::Bytewise)?
+            .put(META_COMPACT_REVISION, &encode_counter(revision))?;
+        self.compacted = revision;
+        Ok(())
+    }
+
+    /// Whether history below the compacted revision has been physically removed.
+    pub fn compaction_done(&mut self) -> Result<bool> {
+        Ok(self.view.counter(META_COMPACT_DONE)? >= self.compacted)
+    }
+
+    /// Physically removes up to `max_events` history events below the compacted revision and
+    /// every key version no read at or above it can see. Returns whether compaction is done.
+    pub fn compact_step(&mut self, max_events: usize) -> Result<bool> {
+        let target = self.compacted;
+        if self.view.counter(META_COMPACT_DONE)? >= target {
+            return Ok(true);
+        }
+        let end = history_key(target, 0);
+        let entries = self
+            .view
+            .txn
+            .open_tree(HISTORY_TREE, KeyOrder::Bytewise)?
+            .scan(
+                (Bound::Unbounded, Bound::Excluded(&end[..])),
+                max_events.max(1),
+            )?;
+        let done = entries.len() < max_events.max(1);
+        let mut keys: Vec<Vec<u8>> = Vec::with_capacity(entries.len());
+        for (k, v) in &entries {
+            let (rev, _) = split_history_key(k)?;
+            debug_assert!(rev < target);
+            let (_, key) = split_history_value(v)?;
+            keys.push(key.to_vec());
+        }
+        keys.sort();
+        keys.dedup();
+        for key in &keys {
+            self.compact_key(key, target)?;
+        }
+        let mut history = self.view.txn.open_tree(HISTORY_TREE, KeyOrder::Bytewise)?;
+        for (k, _) in &entries {
+            history.delete(k)?;
+        }
+        if done {
+            self.view
+                .txn
+                .open_tree(META_TREE, KeyOrder::Bytewise)?
+                .put(META_COMPACT_DONE, &encode_counter(target))?;
+        }
+        Ok(done)
+    }
+
+    /// Removes every version of `key` below its version visible at `target`, and that one too
+    /// if it is a tombstone below `target`.
+    fn compact_key(&mut self, key: &[u8], target: Revision) -> Result<()> {
+        let Some((k, v)) = self.view.seek_for_prev(&kv_key(key, target))? else {
+            return Ok(());
+        };
+        let (user, keep_rev) = split_kv_key(&k)?;
+        if user != key {
+            return Ok(());
+        }
+        let tombstone = RecordHeader::decode(&v)?.kind == EventKind::Delete;
+        let start = kv_key(key, 0);
+        let stop = kv_key(key, keep_rev);
+        let mut tree = self.view.txn.open_tree(KV_TREE, KV_ORDER)?;
+        loop {
+            // Bounded batches: a key may have a long history.
+            let old = tree.scan(
+                (Bound::Included(&start[..]), Bound::Excluded(&stop[..])),
+                COMPACT_SCAN_BATCH,
+            )?;
+            for (k, _) in &old {
+                tree.delete(k)?;
+            }
+            if old.len() < COMPACT_SCAN_BATCH {
+                break;
+            }
+        }
+        if tombstone && keep_rev < target {
+            tree.delete(&stop)?;
+        }
+        Ok(())
+    }
+
+    fn commit_change(&mut self, change: Change) -> Result<()> {
+        if change.events.is_empty() {
+            return Ok(());
+        }
+        debug_assert_eq!(change.rev, self.current + 1);
+        self.view
+            .txn
+            .open_tree(META_TREE, KeyOrder::Bytewise)?
+            .put(META_REVISION, &encode_counter(change.rev))?;
+        self.current = change.rev;
+        self.events.extend(change.events);
+        Ok(())
+    }
+}
+
+/// Versions of one key removed per scan during compaction.
+const COMPACT_SCAN_BATCH: usize = 1024;
+
+/// The changes of one request, all at revision `rev`.
+struct Change {
+    rev: Revision,
+    events: Vec<Event>,
+}
+
+impl Change {
+    fn new(rev: Revision) -> Change {
+        Change {
+            rev,
+            events: Vec::new(),
+        }
+    }
+
+    fn next_sub(&self) -> u32 {
+        u32::try_from(self.events.len()).expect("changes per revision fit in u32")
+    }
+
+    fn record(
+        &mut self,
+        view: &mut WriteView<'_, '_>,
+        key: &[u8],
+        rec: VersionRecord,
+    ) -> Result<()> {
+        let kind = rec.kind;
+        let kv = match kind {
+            EventKind::Put => rec.to_key_value(key, self.rev, true),
+            EventKind::Delete => KeyValue {
+                key: key.to_vec(),
+                mod_revision: self.rev,
+                ..KeyValue::default()
+            },
+        };
+        view.txn
+            .open_tree(KV_TREE, KV_ORDER)?
+            .put(&kv_key(key, self.rev), &rec.encode())?;
+        view.txn
+            .open_tree(HISTORY_TREE, KeyOrder::Bytewise)?
+            .put(&history_key(self.rev, rec.sub), &history_value(kind, key))?;
+        self.events.push(Event { kind, kv });
+        Ok(())
+    }
+
+    fn put(&mut self, view: &mut WriteView<'_, '_>, p: &PutRequest) -> Result<PutResponse> {
+        let prev = latest(view, &p.key, self.rev)?
+            .map(|(mod_rev, rec)| to_key_value(&p.key, mod_rev, &rec, true))
+            .transpose()?;
+        let (create_revision, version) = match &prev {
+            Some(kv) => (kv.create_revision, kv.version + 1),
+            None => (self.rev, 1),
+        };
+        let value = match (&prev, p.ignore_value) {
+            (Some(kv), true) => kv.value.clone(),
+            _ => p.value.clone(),
+        };
+        let lease = match (&prev, p.ignore_lease) {
+            (Some(kv), true) => kv.lease,
+            _ => p.lease,
+        };
+        let rec = VersionRecord {
+            kind: EventKind::Put,
+            create_revision,
+            version,
+            lease,
+            sub: self.next_sub(),
+            value,
+        };
+        self.record(view, &p.key, rec)?;
+        Ok(PutResponse {
+            prev_kv: if p.prev_kv { prev } else { None },
+        })
+    }
+
+    fn delete_range(
+        &mut self,
+        view: &mut WriteView<'_, '_>,
+        d: &DeleteRangeRequest,
+    ) -> Result<DeleteRangeResponse> {
+        let end = RangeEnd::decode(&d.range_end);
+        let mut victims = Vec::new();
+        for_each_visible(view, &d.key, &end, self.rev, |key, mod_rev, rec| {
+            victims.push(to_key_value(key, mod_rev, rec, d.prev_kv)?);
+            Ok(true)
+        })?;
+        for kv in &victims {
+            let rec = VersionRecord {
+                kind: EventKind::Delete,
+                create_revision: 0,
+                version: 0,
+                lease: 0,
+                sub: self.next_sub(),
+                value: Vec::new(),
+            };
+            self.record(view, &kv.key, rec)?;
+        }
+        Ok(DeleteRangeResponse {
+            deleted: victims.len() as i64,
+            prev_kvs: if d.prev_kv { victims } else { Vec::new() },
+        })
+    }
+
+    fn txn(
+        &mut self,
+        view: &mut WriteView<'_, '_>,
+        t: &TxnRequest,
+        path: &[bool],
+        cursor: &mut usize,
+        compacted: Revision,
+    ) -> Result<TxnResponse> {
+        let succeeded = path[*cursor];
+        *cursor += 1;
+        let ops = if succeeded { &t.success } else { &t.failure };
+        let mut responses = Vec::with_capacity(ops.len());
+        for op in ops {
+            let resp = match op {
+                RequestOp::Range(r) => {
+                    // Reads inside a transaction see its earlier changes.
+                    let current = if self.events.is_empty() {
+                        self.rev - 1
+                    } else {
+                        self.rev
+                    };
+                    ResponseOp::Range(range_at(view, r, current, compacted)?)
+                }
+                RequestOp::Put(p) => ResponseOp::Put(self.put(view, p)?),
+                RequestOp::DeleteRange(d) => ResponseOp::DeleteRange(self.delete_range(view, d)?),
+                RequestOp::Txn(nested) => {
+                    ResponseOp::Txn(self.txn(view, nested, path, cursor, compacted)?)
+                }
+            };
+            responses.push(resp);
+        }
+        Ok(TxnResponse {
+            succeeded,
+            responses,
+        })
+    }
+}
+
+/// Checks the fields of a put that do not depend on the store's state.
+fn check_put(p: &PutRequest) -> Result<()> {
+    check_key("put", &p.key)?;
+    if p.ignore_value && !p.value.is_empty() {
+        return Err(Error::new(
+            ErrorCode::InvalidArgument,
+            "put: value must be empty when ignore_value is set",
+        ));
+    }
+    if p.ignore_lease && p.lease != 0 {
+        return Err(Error::new(
+            ErrorCode::InvalidArgument,
+            "put: lease must be 0 when ignore_lease is set",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a put against the state it will apply to.
+fn check_put_against_state(
+    view: &mut impl KvView,
+    p: &PutRequest,
+    current: Revision,
+) -> Result<()> {
+    if (p.ignore_value || p.ignore_lease) && latest(view, &p.key, current)?.is_none() {
+        return Err(Error::new(
+            ErrorCode::KeyNotFound,
+            format!(
+                "put: key {:?} does not exist (ignore_value / ignore_lease need an existing key)",
+                String::from_utf8_lossy(&p.key)
+            ),
+        ));
+    }
+    if p.lease != 0 {
+        // Leases are granted through the lease service; until one exists, none is known.
+        return Err(Error::new(
+            ErrorCode::LeaseNotFound,
+            format!("put: lease {} not found", p.lease),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a transaction's shape: op counts, nesting depth, fields, and that no key is
+/// modified twice on any path (etcd's rule: puts may not repeat or fall inside a delete of
+/// the same branch; a nested txn's success and failure may put the same key).
+fn check_txn(t: &TxnRequest, limits: &Limits, depth: usize) -> Result<()> {
+    if depth >= MAX_TXN_DEPTH {
+        return Err(Error::new(
+            ErrorCode::InvalidArgument,
+            format!("txn: nesting deeper than the limit of {MAX_TXN_DEPTH} levels"),
+        ));
+    }
+    for (what, n) in [
+        ("compares", t.compare.len()),
+        ("success ops", t.success.len()),
+        ("failure ops", t.failure.len()),
+    ] {
+        if n > limits.max_txn_ops {
+            return Err(Error::new(
+                ErrorCode::TooManyTxnOps,
+                format!(
+                    "txn: {n} {what} exceed the limit of {} (--max-txn-ops)",
+                    limits.max_txn_ops
+                ),
+            ));
+        }
+    }
+    for c in &t.compare {
+        check_key("txn compare", &c.key)?;
+    }
+    for branch in [&t.success, &t.failure] {
+        for op in branch {
+            match op {
+                RequestOp::Range(r) => check_range_request(r)?,
+                RequestOp::Put(p) => check_put(p)?,
+                RequestOp::DeleteRange(d) => check_key("txn delete", &d.key)?,
+                RequestOp::Txn(nested) => check_txn(nested, limits, depth + 1)?,
+            }
+        }
+        branch_writes(branch)?;
+    }
+    Ok(())
+}
+
+/// A range deleted by a transaction branch: start key and end.
+type DeletedRange = (Vec<u8>, RangeEnd);
+
+/// The keys put and the ranges deleted by a branch (and the branches nested in it), or a
+/// `DuplicateKey` error.
+fn branch_writes(ops: &[RequestOp]) -> Result<(Vec<Vec<u8>>, Vec<DeletedRange>)> {
+    let duplicate = |key: &[u8]| {
+        Error::new(
+            ErrorCode::DuplicateKey,
+            format!(
+                "txn: key {:?} is modified more than once",
+                String::from_utf8_lossy(key)
+            ),
+        )
+    };
+    let mut dels: Vec<DeletedRange> = ops
+        .iter()
+        .filter_map(|op| match op {
+            RequestOp::DeleteRange(d) => Some((d.key.clone(), RangeEnd::decode(&d.range_end))),
+            _ => None,
+        })
+        .collect();
+    let deleted = |dels: &[DeletedRange], key: &[u8]| {
+        dels.iter().any(|(start, end)| end.contains(start, key))
+    };
+    let mut puts: Vec<Vec<u8>> = Vec::new();
+    let mut nested_dels = Vec::new();
+    for op in ops {
+        let RequestOp::Txn(nested) = op else { continue };
+        let (puts_then, dels_then) = branch_writes(&nested.success)?;
+        let (puts_else, dels_else) = branch_writes(&nested.failure)?;
+        for k in &puts_then {
+            if puts.contains(k) || deleted(&dels, k) {
+                return Err(duplicate(k));
+            }
+        }
+        for k in &puts_else {
+            // Success and failure are exclusive: the same key in both is fine.
+            if (puts.contains(k) && !puts_then.contains(k)) || deleted(&dels, k) {
+                return Err(duplicate(k));
+            }
+        }
+        puts.extend(puts_then);
+        puts.extend(puts_else);
+        nested_dels.extend(dels_then);
+        nested_dels.extend(dels_else);
+    }
+    dels.extend(nested_dels);
+    for op in ops {
+        let RequestOp::Put(p) = op else { continue };
+        if puts.contains(&p.key) || deleted(&dels, &p.key) {
+            return Err(duplicate(&p.key));
+        }
+        puts.push(p.key.clone());
+    }
+    Ok((puts, dels))
+}
+
+/// Evaluates the compares of `t` and of every nested txn on the branch taken, in execution
+/// order, against the state before the transaction.
+fn txn_path(view: &mut impl KvView, t: &TxnRequest, path: &mut Vec<bool>) -> Result<()> {
+    let mut ok = true;
+    for c in &t.compare {
+        if !evaluate_compare(view, c)? {
+            ok = false;
+            break;
+        }
+    }
+    path.push(ok);
+    let ops = if ok { &t.success } else { &t.failure };
+    for op in ops {
+        if let RequestOp::Txn(nested) = op {
+            txn_path(view, nested, path)?;
+        }
+    }
+    Ok(())
+}
+
+/// Checks every op on the path against the state before the transaction, so that execution
+/// cannot fail half-way.
+fn check_txn_path(
+    view: &mut impl KvView,
+    t: &TxnRequest,
+    path: &[bool],
+    cursor: &mut usize,
+    current: Revision,
+    compacted: Revision,
+) -> Result<()> {
+    let ops = if path[*cursor] {
+        &t.success
+    } else {
+        &t.failure
+    };
+    *cursor += 1;
+    for op in ops {
+        match op {
+            RequestOp::Range(r) => {
+                resolve_revision(r.revision, current, compacted)?;
+            }
+            RequestOp::Put(p) => check_put_against_state(view, p, current)?,
+            RequestOp::DeleteRange(_) => {}
+            RequestOp::Txn(nested) => {
+                check_txn_path(view, nested, path, cursor, current, compacted)?
+            }
+        }
+    }
+    Ok(())
+}
