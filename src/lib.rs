@@ -4,6 +4,7 @@
 //! B+tree that holds the state machine; [`wal`] is the O_DIRECT write-ahead log with
 //! group commit that makes every change durable.
 
+pub mod api;
 pub mod backend;
 pub mod mvcc;
 pub mod wal;

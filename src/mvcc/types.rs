@@ -296,6 +296,18 @@ pub enum ErrorCode {
     InvalidArgument,
     /// The lease does not exist.
     LeaseNotFound,
+    /// The backend quota (--quota-backend-bytes) is exhausted.
+    NoSpace,
+    /// The request did not complete within its deadline.
+    Timeout,
+    /// No leader, or the server is shutting down; the request may be retried.
+    Unavailable,
+    /// A lease with the requested id already exists.
+    LeaseExists,
+    /// The requested lease TTL is above the maximum.
+    LeaseTtlTooLarge,
+    /// A watcher with the requested id already exists on the stream.
+    WatchIdExists,
     /// The backend failed (I/O, corruption); the message says what.
     Internal,
 }
