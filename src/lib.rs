@@ -15,5 +15,8 @@ pub mod generated {
     /// The client API: `schema/rpc.capnp`.
     #[rustfmt::skip]
     #[allow(clippy::all, clippy::pedantic, missing_docs, unused_qualifications)]
-    pub mod rpc_capnp;
+    pub mod rpc_capnp; /// Raft log entries: `schema/proposal.capnp`.
+    #[rustfmt::skip]
+    #[allow(clippy::all, clippy::pedantic, missing_docs, unused_qualifications)]
+    pub mod proposal_capnp;
 }

@@ -7,12 +7,50 @@
 
 use capnp::Error as CapnpError;
 
+use crate::generated::proposal_capnp::proposal;
 use crate::generated::rpc_capnp as wire;
 use crate::mvcc::{
     Compare, CompareResult, CompareTarget, DeleteRangeRequest, DeleteRangeResponse, Error,
     ErrorCode, KeyValue, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp,
-    ResponseOp, SortOrder, SortTarget, TxnRequest, TxnResponse,
+    ResponseOp, SortOrder, SortTarget, TxnRequest, TxnResponse, WriteRequest,
 };
+
+/// Nesting depth accepted when decoding messages (transactions nest; capnp's default is 64).
+pub const MAX_MESSAGE_NESTING: i32 = 64;
+
+/// Encodes a write request as a raft log entry payload.
+pub fn encode_proposal(id: u64, req: &WriteRequest) -> Vec<u8> {
+    let mut msg = capnp::message::Builder::new_default();
+    {
+        let mut p: proposal::Builder<'_> = msg.init_root();
+        p.set_id(id);
+        match req {
+            WriteRequest::Put(q) => write_put_request(q, p.init_put()),
+            WriteRequest::DeleteRange(q) => write_delete_request(q, p.init_delete_range()),
+            WriteRequest::Txn(q) => write_txn_request(q, p.init_txn()),
+            WriteRequest::Compact { revision } => p.set_compact(*revision),
+        }
+    }
+    capnp::serialize::write_message_to_words(&msg)
+}
+
+/// Decodes a raft log entry payload written by [`encode_proposal`].
+pub fn decode_proposal(mut bytes: &[u8]) -> capnp::Result<(u64, WriteRequest)> {
+    let mut options = capnp::message::ReaderOptions::new();
+    options.nesting_limit(MAX_MESSAGE_NESTING);
+    // Entries were size-checked when proposed; bound the traversal by their own size.
+    options.traversal_limit_in_words(Some(bytes.len() / 8 + 1024));
+    let reader = capnp::serialize::read_message(&mut bytes, options)?;
+    let p: proposal::Reader<'_> = reader.get_root()?;
+    use proposal::Which as W;
+    let req = match p.which().map_err(|e| not_in_schema("proposal", e))? {
+        W::Put(q) => WriteRequest::Put(read_put_request(q?)?),
+        W::DeleteRange(q) => WriteRequest::DeleteRange(read_delete_request(q?)?),
+        W::Txn(q) => WriteRequest::Txn(read_txn_request(q?)?),
+        W::Compact(revision) => WriteRequest::Compact { revision },
+    };
+    Ok((p.get_id(), req))
+}
 
 /// The header every response carries.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -534,6 +572,33 @@ mod tests {
                 max_create_revision: 4,
             })],
         }
+    }
+
+    #[test]
+    fn proposals_round_trip() {
+        let reqs = [
+            WriteRequest::Txn(sample_txn()),
+            WriteRequest::Compact { revision: 42 },
+            WriteRequest::Put(PutRequest {
+                key: b"k".to_vec(),
+                value: vec![7; 5000],
+                ..PutRequest::default()
+            }),
+            WriteRequest::DeleteRange(DeleteRangeRequest {
+                key: b"a".to_vec(),
+                range_end: b"z".to_vec(),
+                prev_kv: true,
+            }),
+        ];
+        for (i, req) in reqs.iter().enumerate() {
+            let bytes = encode_proposal(i as u64 + 1, req);
+            assert_eq!(
+                decode_proposal(&bytes).unwrap(),
+                (i as u64 + 1, req.clone())
+            );
+        }
+        assert!(decode_proposal(&[1, 2, 3]).is_err());
+        assert!(decode_proposal(&[]).is_err());
     }
 
     #[test]

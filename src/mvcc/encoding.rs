@@ -25,6 +25,10 @@ pub const META_REVISION: &[u8] = b"revision";
 pub const META_COMPACT_REVISION: &[u8] = b"compact_revision";
 /// Meta key: physical compaction has removed everything not needed at this revision.
 pub const META_COMPACT_DONE: &[u8] = b"compact_done";
+/// Meta key: index of the last raft log entry applied to this state.
+pub const META_APPLIED_INDEX: &[u8] = b"applied_index";
+/// Meta key: term of the last raft log entry applied to this state.
+pub const META_APPLIED_TERM: &[u8] = b"applied_term";
 
 /// Bytes added to a user key to form a `kv` tree key.
 pub const REVISION_SUFFIX_LEN: usize = 8;

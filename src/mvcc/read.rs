@@ -126,6 +126,14 @@ pub fn check_key(field: &str, key: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// The raft (index, term) of the last entry applied to the state in `view`.
+pub fn applied(view: &mut impl KvView) -> Result<(u64, u64)> {
+    Ok((
+        view.counter(super::encoding::META_APPLIED_INDEX)? as u64,
+        view.counter(super::encoding::META_APPLIED_TERM)? as u64,
+    ))
+}
+
 /// The store revision and compacted revision visible in `view`.
 pub fn revisions(view: &mut impl KvView) -> Result<(Revision, Revision)> {
     Ok((

@@ -8,8 +8,8 @@ use std::ops::Bound;
 
 use super::encoding::{
     encode_counter, history_key, history_value, kv_key, split_history_key, split_history_value,
-    split_kv_key, RecordHeader, VersionRecord, HISTORY_TREE, KV_ORDER, KV_TREE, META_COMPACT_DONE,
-    META_COMPACT_REVISION, META_REVISION, META_TREE,
+    split_kv_key, RecordHeader, VersionRecord, HISTORY_TREE, KV_ORDER, KV_TREE, META_APPLIED_INDEX,
+    META_APPLIED_TERM, META_COMPACT_DONE, META_COMPACT_REVISION, META_REVISION, META_TREE,
 };
 use super::read::{
     check_key, check_range_request, evaluate_compare, for_each_visible, latest, range_at,
@@ -129,6 +129,15 @@ impl<'a, 'b> WriteBatch<'a, 'b> {
                 .map(|()| WriteResponse::Compact),
         };
         (result, self.current)
+    }
+
+    /// Records that the state now includes raft log entry `index` of `term`; written in the
+    /// same backend transaction as the entry's changes, so replay resumes exactly.
+    pub fn set_applied(&mut self, index: u64, term: u64) -> Result<()> {
+        let mut meta = self.view.txn.open_tree(META_TREE, KeyOrder::Bytewise)?;
+        meta.put(META_APPLIED_INDEX, &encode_counter(index as i64))?;
+        meta.put(META_APPLIED_TERM, &encode_counter(term as i64))?;
+        Ok(())
     }
 
     /// The events of every change applied so far, in revision order; clears them.

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// Schemas compiled into `src/generated/`, relative to the workspace root.
-const SCHEMAS: &[&str] = &["schema/rpc.capnp"];
+const SCHEMAS: &[&str] = &["schema/rpc.capnp", "schema/proposal.capnp"];
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

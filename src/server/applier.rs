@@ -1,0 +1,221 @@
+//! The applier: the single writer of the backend.
+//!
+//! It applies committed raft log entries in order, a batch per backend write transaction,
+//! records the applied index in that same transaction, publishes the result to readers
+//! (no fsync), and syncs the backend periodically. Durability of an acknowledged write comes
+//! from the WAL; after a crash the entries above the backend's durable applied index are
+//! replayed, and because the applied index commits atomically with the changes, each entry
+//! is applied exactly once.
+
+use std::time::{Duration, Instant};
+
+use crate::api::decode_proposal;
+use crate::backend::{self, Backend};
+use crate::mvcc::read::KvView;
+use crate::mvcc::{self, Error, ErrorCode, Limits, Revision, SnapshotView, WriteBatch, WriteRequest, WriteResponse};
+
+/// Sync the backend at least this often while entries are being applied.
+pub const BACKEND_SYNC_INTERVAL: Duration = Duration::from_millis(100);
+/// Sync the backend after at most this many unsynced applied entries.
+pub const BACKEND_SYNC_ENTRIES: u64 = 10_000;
+/// History events physically compacted per applied batch, so compaction never stalls writes.
+pub const COMPACTION_EVENTS_PER_BATCH: usize = 1_000;
+
+/// A committed raft log entry handed to the applier.
+#[derive(Clone, Debug)]
+pub struct CommittedEntry {
+    /// Raft log index.
+    pub index: u64,
+    /// Raft term of the entry.
+    pub term: u64,
+    /// Encoded proposal; empty for raft's own no-op entries.
+    pub data: Vec<u8>,
+}
+
+/// The result of applying one proposal.
+#[derive(Clone, Debug)]
+pub struct AppliedResult {
+    /// The proposal id (the proposer's key for the waiting client).
+    pub proposal_id: u64,
+    /// Raft index of the entry.
+    pub index: u64,
+    /// Response or error.
+    pub result: mvcc::Result<WriteResponse>,
+    /// Store revision after the request (the response header's revision).
+    pub revision: Revision,
+}
+
+/// The single writer of the backend. Lives on the raft shard's executor.
+pub struct Applier {
+    backend: Backend,
+    limits: Limits,
+    quota_bytes: u64,
+    applied_index: u64,
+    applied_term: u64,
+    revision: Revision,
+    compacted: Revision,
+    compaction_done: bool,
+    synced_index: u64,
+    last_sync: Instant,
+}
+
+impl Applier {
+    /// Takes over `backend`, reading the applied index and revisions it holds.
+    pub fn new(backend: Backend, limits: Limits, quota_bytes: u64) -> mvcc::Result<Applier> {
+        let (applied_index, applied_term, revision, compacted, compaction_done) = {
+            let rtxn = backend.begin_read()?;
+            let mut view = SnapshotView::new(&rtxn)?;
+            let (index, term) = mvcc::read::applied(&mut view)?;
+            let (rev, compacted) = mvcc::read::revisions(&mut view)?;
+            let done = view.counter(mvcc::encoding::META_COMPACT_DONE)? >= compacted;
+            (index, term, rev, compacted, done)
+        };
+        Ok(Applier {
+            backend,
+            limits,
+            quota_bytes,
+            applied_index,
+            applied_term,
+            revision,
+            compacted,
+            compaction_done,
+            synced_index: applied_index,
+            last_sync: Instant::now(),
+        })
+    }
+
+    /// The backend (readers, stats, check).
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    /// Index of the last applied entry (published to readers).
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+
+    /// Term of the last applied entry.
+    pub fn applied_term(&self) -> u64 {
+        self.applied_term
+    }
+
+    /// Index of the last applied entry that is durable in the backend; WAL records at or
+    /// below it may be released.
+    pub fn synced_index(&self) -> u64 {
+        self.synced_index
+    }
+
+    /// Current store revision.
+    pub fn revision(&self) -> Revision {
+        self.revision
+    }
+
+    /// Whether history below the compacted revision has been physically removed.
+    pub fn compaction_done(&self) -> bool {
+        self.compaction_done
+    }
+
+    /// Applies `entries` (consecutive, starting right after the applied index; entries at or
+    /// below it are skipped, which makes replay idempotent) in one backend transaction and
+    /// publishes the result. Returns one result per proposal entry, in order.
+    pub async fn apply(&mut self, entries: &[CommittedEntry]) -> mvcc::Result<Vec<AppliedResult>> {
+        let mut results = Vec::new();
+        let fresh: Vec<&CommittedEntry> = entries.iter().filter(|e| e.index > self.applied_index).collect();
+        if fresh.is_empty() && (self.compaction_done || self.compacted == 0) {
+            return Ok(results);
+        }
+        let over_quota = self.backend.stats().in_use_bytes > self.quota_bytes;
+        let mut wtxn = self.backend.begin_write()?;
+        let (last_index, last_term, revision, compacted, done) = {
+            let mut batch = WriteBatch::begin(&mut wtxn, self.limits.clone())?;
+            let mut last = (self.applied_index, self.applied_term);
+            for entry in fresh {
+                debug_assert_eq!(entry.index, last.0 + 1, "entries are applied in log order without gaps");
+                last = (entry.index, entry.term);
+                if entry.data.is_empty() {
+                    continue;
+                }
+                let (proposal_id, result) = match decode_proposal(&entry.data) {
+                    Ok((id, req)) => {
+                        if over_quota && adds_data(&req) {
+                            let e = Error::new(
+                                ErrorCode::NoSpace,
+                                format!(
+                                    "database space exceeded: backend uses more than --quota-backend-bytes ({} bytes); compact and defragment, or raise the quota",
+                                    self.quota_bytes
+                                ),
+                            );
+                            (id, Err(e))
+                        } else {
+                            let (result, _) = batch.apply(&req);
+                            if let Err(e) = &result {
+                                if e.code == ErrorCode::Internal {
+                                    // A backend failure mid-transaction: abandon the whole batch.
+                                    return Err(e.clone());
+                                }
+                            }
+                            (id, result)
+                        }
+                    }
+                    Err(e) => (
+                        0,
+                        Err(Error::new(
+                            ErrorCode::Internal,
+                            format!("log entry {} does not decode: {e}", entry.index),
+                        )),
+                    ),
+                };
+                results.push(AppliedResult {
+                    proposal_id,
+                    index: entry.index,
+                    result,
+                    revision: batch.revision(),
+                });
+            }
+            batch.set_applied(last.0, last.1)?;
+            let done = batch.compact_step(COMPACTION_EVENTS_PER_BATCH)?;
+            let _ = batch.take_events();
+            (last.0, last.1, batch.revision(), batch.compacted(), done)
+        };
+        wtxn.publish().await?;
+        self.applied_index = last_index;
+        self.applied_term = last_term;
+        self.revision = revision;
+        self.compacted = compacted;
+        self.compaction_done = done;
+        Ok(results)
+    }
+
+    /// Syncs the backend if enough time or entries have passed (or `force`); returns the
+    /// applied index now durable in the backend if a sync ran.
+    pub async fn maybe_sync(&mut self, force: bool) -> backend::Result<Option<u64>> {
+        let due = force
+            || self.applied_index - self.synced_index >= BACKEND_SYNC_ENTRIES
+            || (self.applied_index > self.synced_index && self.last_sync.elapsed() >= BACKEND_SYNC_INTERVAL);
+        if !due {
+            return Ok(None);
+        }
+        let index = self.applied_index;
+        self.backend.sync().await?;
+        self.synced_index = index;
+        self.last_sync = Instant::now();
+        Ok(Some(index))
+    }
+}
+
+/// Whether a request can make the database larger (refused when over quota; deletes and
+/// compactions are always allowed so that space can be reclaimed).
+fn adds_data(req: &WriteRequest) -> bool {
+    fn ops_add(ops: &[mvcc::RequestOp]) -> bool {
+        ops.iter().any(|op| match op {
+            mvcc::RequestOp::Put(_) => true,
+            mvcc::RequestOp::Txn(t) => ops_add(&t.success) || ops_add(&t.failure),
+            _ => false,
+        })
+    }
+    match req {
+        WriteRequest::Put(_) => true,
+        WriteRequest::Txn(t) => ops_add(&t.success) || ops_add(&t.failure),
+        WriteRequest::DeleteRange(_) | WriteRequest::Compact { .. } => false,
+    }
+}
