@@ -11,7 +11,7 @@ use wal_support::{entry, open_collect, run_fresh, small_opts, tempdir};
 /// Encoded size of an entry with `len` data bytes (mirrors FORMAT.md: 16-byte header,
 /// 16-byte index+term, data, zero padding to 8).
 fn entry_encoded_len(len: usize) -> u64 {
-    ((16 + 16 + len + 7) / 8 * 8) as u64
+    ((16 + 16 + len).div_ceil(8) * 8) as u64
 }
 
 const HEADER_BLOCK: u64 = 4096;
