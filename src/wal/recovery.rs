@@ -1,0 +1,544 @@
+//! Recovery: read and verify every segment, replay complete batches, cut a torn tail, refuse
+//! (or, with the repair option, cut) corruption.
+//!
+//! Torn tail versus corruption: the writer issues one write per group and the next write only
+//! after the previous one's fdatasync, and every write's first record carries
+//! `FLAG_FIRST_IN_WRITE`. Damage that is followed (in this or a later segment) by a valid
+//! record with that flag was therefore acknowledged before it was damaged: corruption. Damage
+//! with nothing valid-and-later after it is the unacknowledged last write: a torn tail, cut.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+
+use glommio::io::{Directory, DmaFile};
+
+use super::format::{
+    self, align_down, align_up, decode_header, HeaderCheck, BLOCK_SIZE, FLAG_FIRST_IN_WRITE,
+    FLAG_LAST_IN_BATCH, RECORD_ALIGN, RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE,
+};
+use super::segment::{self, open_rw};
+use super::writer::{Active, Carry, WriterState};
+use super::{Options, Record, RecoveryInfo, SegmentSummary, WalError};
+
+/// Bytes read per O_DIRECT read during recovery; with the largest record this bounds the
+/// read window.
+pub const READ_CHUNK: usize = 1 << 20;
+
+pub struct Recovered {
+    pub segments: VecDeque<SegmentSummary>,
+    pub writer: WriterState,
+    pub info: RecoveryInfo,
+}
+
+/// A forward-only window over a segment. Bytes past the end of the file (a truncated
+/// segment) read as zeros up to the segment size recorded in the header.
+struct Reader<'a> {
+    file: &'a DmaFile,
+    path: &'a Path,
+    file_len: u64,
+    logical_len: u64,
+    win_off: u64,
+    win: Vec<u8>,
+}
+
+impl<'a> Reader<'a> {
+    fn new(file: &'a DmaFile, path: &'a Path, file_len: u64, logical_len: u64) -> Self {
+        Self {
+            file,
+            path,
+            file_len,
+            logical_len,
+            win_off: 0,
+            win: Vec::new(),
+        }
+    }
+
+    /// Returns bytes `[off, off + len)`; `off` must not go backwards past the window start.
+    async fn get(&mut self, off: u64, len: usize) -> Result<&[u8], WalError> {
+        assert!(off >= self.win_off, "recovery reader moved backwards");
+        let need_end = off + len as u64;
+        assert!(
+            need_end <= self.logical_len,
+            "recovery reader past segment end"
+        );
+        if need_end > self.win_off + self.win.len() as u64 {
+            let drop = ((off - self.win_off) as usize).min(self.win.len());
+            self.win.drain(..drop);
+            self.win_off += drop as u64;
+            if self.win.is_empty() {
+                self.win_off = align_down(off, BLOCK_SIZE as u64);
+            }
+            while self.win_off + (self.win.len() as u64) < need_end {
+                let pos = self.win_off + self.win.len() as u64;
+                let left = self.logical_len - pos;
+                if pos >= self.file_len {
+                    // Past EOF (a segment cut short): zeros up to the segment size.
+                    let n = left.min(READ_CHUNK as u64) as usize;
+                    self.win.resize(self.win.len() + n, 0);
+                    continue;
+                }
+                debug_assert_eq!(pos % BLOCK_SIZE as u64, 0);
+                let want = align_up(left.min(READ_CHUNK as u64), BLOCK_SIZE as u64) as usize;
+                let r = self
+                    .file
+                    .read_at_aligned(pos, want)
+                    .await
+                    .map_err(|e| WalError::io("read segment", self.path, Some(pos), e))?;
+                let got = (r.len() as u64).min(left) as usize;
+                if got < want.min(left as usize) {
+                    self.file_len = pos + got as u64;
+                }
+                self.win.extend_from_slice(&r[..got]);
+            }
+        }
+        let s = (off - self.win_off) as usize;
+        Ok(&self.win[s..s + len])
+    }
+}
+
+/// Reads `len` bytes at block-aligned `start` (zeros past EOF).
+async fn read_prefix(
+    file: &DmaFile,
+    path: &Path,
+    start: u64,
+    len: usize,
+) -> Result<Vec<u8>, WalError> {
+    debug_assert_eq!(start % BLOCK_SIZE as u64, 0);
+    let mut out = vec![0u8; len];
+    if len > 0 {
+        let r = file
+            .read_at_aligned(start, BLOCK_SIZE)
+            .await
+            .map_err(|e| WalError::io("read segment", path, Some(start), e))?;
+        let n = r.len().min(len);
+        out[..n].copy_from_slice(&r[..n]);
+    }
+    Ok(out)
+}
+
+/// Why scanning a segment stopped short of a clean end.
+struct Problem {
+    offset: u64,
+    reason: String,
+}
+
+/// Result of scanning one segment.
+struct Scan {
+    /// End of the last complete batch.
+    committed: u64,
+    /// First damaged/unfinished place, if any.
+    problem: Option<Problem>,
+    /// Offset of the first valid record that begins a write after the problem.
+    later_write: Option<u64>,
+    /// End of the last non-zero byte after the scanned records (0 if none).
+    dirty_end: u64,
+    max_index: Option<u64>,
+}
+
+struct SegmentFile {
+    seq: u64,
+    first_index: u64,
+    path: PathBuf,
+}
+
+fn list_segments(dir: &Path) -> Result<Vec<SegmentFile>, WalError> {
+    let mut segs = Vec::new();
+    let rd = std::fs::read_dir(dir).map_err(|e| WalError::io("list dir", dir, None, e))?;
+    for ent in rd {
+        let ent = ent.map_err(|e| WalError::io("list dir", dir, None, e))?;
+        let name = ent.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some((seq, first_index)) = format::parse_segment_file_name(name) {
+            segs.push(SegmentFile {
+                seq,
+                first_index,
+                path: ent.path(),
+            });
+        } else if format::parse_prep_file_name(name).is_some() {
+            // Never held records (renamed only once durable); stale from a crash.
+            std::fs::remove_file(ent.path())
+                .map_err(|e| WalError::io("remove stale prep file", &ent.path(), None, e))?;
+        }
+    }
+    segs.sort_by_key(|s| s.seq);
+    for w in segs.windows(2) {
+        if w[1].seq != w[0].seq + 1 {
+            let reason = if w[1].seq == w[0].seq {
+                format!("two segment files with sequence {}", w[0].seq)
+            } else {
+                format!(
+                    "segment sequence jumps from {} to {}: segment(s) missing",
+                    w[0].seq, w[1].seq
+                )
+            };
+            return Err(WalError::Corrupt {
+                path: w[1].path.clone(),
+                offset: 0,
+                reason,
+            });
+        }
+    }
+    Ok(segs)
+}
+
+pub async fn recover(
+    dir: &Path,
+    dir_handle: &Directory,
+    opts: &Options,
+    replay: &mut dyn FnMut(Record),
+) -> Result<Recovered, WalError> {
+    let mut files = list_segments(dir)?;
+    let mut info = RecoveryInfo::default();
+    let mut carry = Carry::default();
+    let mut highest_index: Option<u64> = None;
+    let mut summaries = VecDeque::new();
+    let mut active: Option<(Active, u64)> = None;
+
+    let mut i = 0;
+    while i < files.len() {
+        let is_last = i + 1 == files.len();
+        let (seq, first_index, path) = (files[i].seq, files[i].first_index, files[i].path.clone());
+        let file = open_rw(&path).await?;
+        let file_len = file
+            .file_size()
+            .await
+            .map_err(|e| WalError::io("stat segment", &path, None, e))?;
+        if file_len < SEGMENT_HEADER_SIZE {
+            return Err(WalError::Corrupt {
+                path,
+                offset: 0,
+                reason: format!("file is {file_len} bytes, shorter than the segment header"),
+            });
+        }
+        let hdr = {
+            let mut r = Reader::new(&file, &path, file_len, SEGMENT_HEADER_SIZE);
+            let b = r.get(0, BLOCK_SIZE).await?;
+            format::decode_segment_header(b).map_err(|reason| WalError::Corrupt {
+                path: path.clone(),
+                offset: 0,
+                reason,
+            })?
+        };
+        if hdr.seq != seq {
+            return Err(WalError::Corrupt {
+                path,
+                offset: 0,
+                reason: format!("header says sequence {} but the name says {seq}", hdr.seq),
+            });
+        }
+        if file_len > hdr.size {
+            return Err(WalError::Corrupt {
+                path,
+                offset: hdr.size,
+                reason: format!(
+                    "file is {file_len} bytes, longer than its header's segment size {}",
+                    hdr.size
+                ),
+            });
+        }
+        let scan = {
+            let mut reader = Reader::new(&file, &path, file_len, hdr.size);
+            scan_segment(&mut reader, seq, replay, &mut info, &mut carry).await?
+        };
+        info.segments += 1;
+
+        let dirty = scan.problem.is_some() || scan.dirty_end > scan.committed;
+        if dirty {
+            let (offset, reason) = match &scan.problem {
+                Some(p) => (p.offset, p.reason.clone()),
+                None => (
+                    scan.committed,
+                    "non-zero bytes after the last record".to_string(),
+                ),
+            };
+            let corrupt_reason = if let Some(at) = scan.later_write {
+                Some(format!(
+                    "{reason}; a valid record written later follows at offset {at}"
+                ))
+            } else if !is_last {
+                Some(format!(
+                    "{reason}; a later segment {} exists",
+                    files[i + 1].path.display()
+                ))
+            } else {
+                None
+            };
+            if let Some(reason) = corrupt_reason {
+                if !opts.repair_truncate_corrupt_tail {
+                    return Err(WalError::Corrupt {
+                        path,
+                        offset,
+                        reason,
+                    });
+                }
+                let later: Vec<SegmentFile> = files.drain(i + 1..).collect();
+                info.repaired = Some((path.clone(), offset, later.len()));
+                for l in &later {
+                    std::fs::remove_file(&l.path).map_err(|e| {
+                        WalError::io("delete segment after repaired corruption", &l.path, None, e)
+                    })?;
+                }
+                dir_handle
+                    .sync()
+                    .await
+                    .map_err(|e| WalError::io("sync dir", dir, None, e))?;
+            }
+        }
+        if let Some(m) = scan.max_index {
+            highest_index = Some(highest_index.map_or(m, |h| h.max(m)));
+        }
+        summaries.push_back(SegmentSummary {
+            seq,
+            first_index,
+            max_index: scan.max_index,
+            path: path.clone(),
+        });
+        if i + 1 == files.len() {
+            // The last segment becomes the active one: zero everything after the committed
+            // end that is not zero (or is missing, if the file was cut short).
+            let start = align_down(scan.committed, BLOCK_SIZE as u64);
+            let prefix =
+                read_prefix(&file, &path, start, (scan.committed - start) as usize).await?;
+            let mut zero_to = scan.committed;
+            if dirty {
+                zero_to = zero_to.max(scan.dirty_end);
+            }
+            if file_len < hdr.size {
+                zero_to = hdr.size;
+            }
+            let zero_to = align_up(zero_to, BLOCK_SIZE as u64).min(hdr.size);
+            if zero_to > scan.committed {
+                if dirty {
+                    info.tail_bytes_zeroed += scan.dirty_end.max(scan.committed) - scan.committed;
+                }
+                segment::zero_range(&file, &path, scan.committed, zero_to, &prefix).await?;
+            }
+            active = Some((
+                Active {
+                    file,
+                    path,
+                    seq,
+                    size: hdr.size,
+                    pos: scan.committed,
+                    tail: prefix,
+                },
+                first_index,
+            ));
+        } else {
+            let _ = file.close().await;
+        }
+        i += 1;
+    }
+
+    let (active, active_first_index) = match active {
+        Some(a) => a,
+        None => {
+            // New log: the first segment, prepared synchronously.
+            let p = segment::prepare(dir, 1, opts.segment_size, opts.preallocate).await?;
+            let path = dir.join(format::segment_file_name(1, 0));
+            glommio::io::rename(&p.path, &path)
+                .await
+                .map_err(|e| WalError::io("rename prepared segment", &p.path, None, e))?;
+            dir_handle
+                .sync()
+                .await
+                .map_err(|e| WalError::io("sync dir", dir, None, e))?;
+            summaries.push_back(SegmentSummary {
+                seq: 1,
+                first_index: 0,
+                max_index: None,
+                path: path.clone(),
+            });
+            (
+                Active {
+                    file: p.file,
+                    path,
+                    seq: 1,
+                    size: p.size,
+                    pos: SEGMENT_HEADER_SIZE,
+                    tail: Vec::new(),
+                },
+                0,
+            )
+        }
+    };
+    Ok(Recovered {
+        segments: summaries,
+        writer: WriterState {
+            active,
+            carry,
+            highest_index,
+            active_first_index,
+        },
+        info,
+    })
+}
+
+/// Reads the records of one segment, replaying each complete batch, and examines what follows
+/// the last one.
+async fn scan_segment(
+    r: &mut Reader<'_>,
+    seq: u64,
+    replay: &mut dyn FnMut(Record),
+    info: &mut RecoveryInfo,
+    carry: &mut Carry,
+) -> Result<Scan, WalError> {
+    let size = r.logical_len;
+    let mut pos = SEGMENT_HEADER_SIZE;
+    let mut committed = pos;
+    let mut batch: Vec<Record> = Vec::new();
+    let mut batch_index: Option<u64> = None;
+    let mut max_index: Option<u64> = None;
+    let mut problem: Option<Problem> = None;
+    loop {
+        if pos + RECORD_HEADER_SIZE as u64 > size {
+            break;
+        }
+        let h = match decode_header(seq, r.get(pos, RECORD_HEADER_SIZE).await?) {
+            Ok(h) => h,
+            Err(HeaderCheck::Zero) => break,
+            Err(HeaderCheck::BadCrc) => {
+                problem = Some(Problem {
+                    offset: pos,
+                    reason: "record header checksum mismatch".into(),
+                });
+                break;
+            }
+            Err(HeaderCheck::BadField) => {
+                problem = Some(Problem {
+                    offset: pos,
+                    reason: "record header has an invalid length or flags".into(),
+                });
+                break;
+            }
+        };
+        let total = h.total_len() as u64;
+        if pos + total > size {
+            problem = Some(Problem {
+                offset: pos,
+                reason: format!("record of {total} bytes runs past the segment end {size}"),
+            });
+            break;
+        }
+        if h.flags & FLAG_FIRST_IN_WRITE != 0 && !batch.is_empty() {
+            problem = Some(Problem {
+                offset: committed,
+                reason: format!("batch is unfinished but a new write begins at offset {pos}"),
+            });
+            break;
+        }
+        let rec = r.get(pos, total as usize).await?;
+        let payload = &rec[RECORD_HEADER_SIZE..RECORD_HEADER_SIZE + h.len];
+        if !format::payload_ok(seq, &h, payload, &rec[RECORD_HEADER_SIZE + h.len..]) {
+            problem = Some(Problem {
+                offset: pos,
+                reason: "record payload checksum mismatch".into(),
+            });
+            break;
+        }
+        let record =
+            format::decode_payload(h.kind, payload).map_err(|reason| WalError::Corrupt {
+                path: r.path.to_path_buf(),
+                offset: pos,
+                reason,
+            })?;
+        if let Some(i) = record.index() {
+            batch_index = Some(batch_index.map_or(i, |m| m.max(i)));
+        }
+        batch.push(record);
+        pos += total;
+        if h.flags & FLAG_LAST_IN_BATCH != 0 {
+            info.batches += 1;
+            info.records += batch.len() as u64;
+            for rec in batch.drain(..) {
+                carry.observe(&rec);
+                replay(rec);
+            }
+            if let Some(i) = batch_index.take() {
+                max_index = Some(max_index.map_or(i, |m| m.max(i)));
+            }
+            committed = pos;
+        }
+    }
+    if problem.is_none() && !batch.is_empty() {
+        problem = Some(Problem {
+            offset: committed,
+            reason: format!(
+                "batch of {} record(s) has no final record (ends at offset {pos})",
+                batch.len()
+            ),
+        });
+    }
+    // Look past the stop point: for valid records that start a later write, and for the extent
+    // of non-zero bytes (the unfinished batch and the damaged record count as non-zero).
+    let scan_from = match &problem {
+        Some(p) if p.offset >= pos => p.offset + RECORD_ALIGN as u64,
+        _ => pos,
+    };
+    let (later_write, rest_dirty) = scan_rest(r, seq, scan_from).await?;
+    let mut dirty_end = rest_dirty.max(pos);
+    if problem.is_some() {
+        dirty_end = dirty_end.max(scan_from);
+    }
+    Ok(Scan {
+        committed,
+        problem,
+        later_write,
+        dirty_end,
+        max_index,
+    })
+}
+
+/// Scans `[from, segment end)` block by block: returns the offset of the first valid record
+/// flagged as the start of a write, and the end of the last non-zero byte (0 if none).
+async fn scan_rest(
+    r: &mut Reader<'_>,
+    seq: u64,
+    from: u64,
+) -> Result<(Option<u64>, u64), WalError> {
+    let size = r.logical_len;
+    let mut later: Option<u64> = None;
+    let mut dirty_end = 0u64;
+    let mut block = align_down(from, BLOCK_SIZE as u64);
+    while block < size {
+        let lo = block.max(from);
+        let b = r.get(lo, (block + BLOCK_SIZE as u64 - lo) as usize).await?;
+        let Some(last_nz) = b.iter().rposition(|&x| x != 0) else {
+            block += BLOCK_SIZE as u64;
+            continue;
+        };
+        dirty_end = lo + last_nz as u64 + 1;
+        if later.is_none() {
+            let mut p = align_up(lo, RECORD_ALIGN as u64);
+            while p < block + BLOCK_SIZE as u64 && later.is_none() {
+                if p + RECORD_HEADER_SIZE as u64 <= size {
+                    later = valid_write_start(r, seq, p).await?;
+                }
+                p += RECORD_ALIGN as u64;
+            }
+        }
+        block += BLOCK_SIZE as u64;
+    }
+    Ok((later, dirty_end))
+}
+
+/// Whether a valid record flagged as the first of a write starts at `p`.
+async fn valid_write_start(r: &mut Reader<'_>, seq: u64, p: u64) -> Result<Option<u64>, WalError> {
+    let size = r.logical_len;
+    let h = match decode_header(seq, r.get(p, RECORD_HEADER_SIZE).await?) {
+        Ok(h) if h.flags & FLAG_FIRST_IN_WRITE != 0 => h,
+        _ => return Ok(None),
+    };
+    let total = h.total_len() as u64;
+    if p + total > size {
+        return Ok(None);
+    }
+    let rec = r.get(p, total as usize).await?;
+    let ok = format::payload_ok(
+        seq,
+        &h,
+        &rec[RECORD_HEADER_SIZE..RECORD_HEADER_SIZE + h.len],
+        &rec[RECORD_HEADER_SIZE + h.len..],
+    );
+    Ok(ok.then_some(p))
+}

@@ -1,0 +1,494 @@
+//! The append queue and the single writer task (group commit, rollover), and release.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use glommio::io::{Directory, DmaFile};
+use glommio::task::JoinHandle;
+
+use super::format::{
+    self, align_down, align_up, BLOCK_SIZE, FLAG_FIRST_IN_WRITE, FLAG_LAST_IN_BATCH,
+    SEGMENT_HEADER_SIZE,
+};
+use super::segment::{self, Prepared};
+use super::{Options, Record, SegmentList, SegmentSummary, WalError, WalStats};
+
+/// Completion slot shared by an [`super::AppendFuture`] and the writer.
+#[derive(Default)]
+pub struct Completion {
+    result: RefCell<Option<Result<(), WalError>>>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Completion {
+    fn complete(&self, r: Result<(), WalError>) {
+        debug_assert!(self.result.borrow().is_none(), "batch completed twice");
+        *self.result.borrow_mut() = Some(r);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    pub(crate) fn poll(&self, cx: &mut Context<'_>) -> Poll<Result<(), WalError>> {
+        if let Some(r) = self.result.borrow_mut().take() {
+            return Poll::Ready(r);
+        }
+        *self.waker.borrow_mut() = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+/// A batch waiting to be written.
+pub struct Pending {
+    records: Vec<Record>,
+    bytes: usize,
+    done: Rc<Completion>,
+}
+
+impl Pending {
+    pub(crate) fn new(records: Vec<Record>, bytes: usize) -> Self {
+        debug_assert_eq!(
+            bytes,
+            records.iter().map(format::encoded_len).sum::<usize>()
+        );
+        Self {
+            records,
+            bytes,
+            done: Rc::new(Completion::default()),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Queue {
+    /// Batches the writer will take next; `ready_bytes <= max_queued_bytes`.
+    ready: VecDeque<Pending>,
+    ready_bytes: usize,
+    /// Appenders waiting for room (backpressure), FIFO.
+    blocked: VecDeque<Pending>,
+    failed: Option<String>,
+    closing: bool,
+    writer_waker: Option<Waker>,
+}
+
+/// State shared by the `Wal` handle, the writer task and release.
+pub struct Inner {
+    pub(crate) dir: PathBuf,
+    pub(crate) dir_handle: Directory,
+    pub(crate) opts: Options,
+    queue: RefCell<Queue>,
+    pub(crate) stats: RefCell<WalStats>,
+    pub(crate) segments: SegmentList,
+    /// Serializes releases (each deletion is fsynced before the next).
+    releasing: RefCell<bool>,
+}
+
+impl Inner {
+    pub(crate) fn new(
+        dir: PathBuf,
+        dir_handle: Directory,
+        opts: Options,
+        segments: VecDeque<SegmentSummary>,
+    ) -> Self {
+        Self {
+            dir,
+            dir_handle,
+            opts,
+            queue: RefCell::new(Queue::default()),
+            stats: RefCell::new(WalStats::default()),
+            segments: RefCell::new(segments),
+            releasing: RefCell::new(false),
+        }
+    }
+
+    pub(crate) fn enqueue(&self, p: Pending) -> Result<Rc<Completion>, WalError> {
+        let mut q = self.queue.borrow_mut();
+        if let Some(m) = &q.failed {
+            return Err(WalError::Failed(m.clone()));
+        }
+        if q.closing {
+            return Err(WalError::Closed);
+        }
+        debug_assert!(p.bytes <= self.opts.max_queued_bytes);
+        let done = p.done.clone();
+        if q.blocked.is_empty() && q.ready_bytes + p.bytes <= self.opts.max_queued_bytes {
+            q.ready_bytes += p.bytes;
+            q.ready.push_back(p);
+            if let Some(w) = q.writer_waker.take() {
+                w.wake();
+            }
+        } else {
+            q.blocked.push_back(p);
+        }
+        Ok(done)
+    }
+
+    pub(crate) fn begin_close(&self) {
+        let mut q = self.queue.borrow_mut();
+        q.closing = true;
+        if let Some(w) = q.writer_waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Marks the WAL failed and fails every queued batch.
+    fn fail(&self, msg: String) {
+        let drained: Vec<Pending> = {
+            let mut q = self.queue.borrow_mut();
+            q.failed = Some(msg.clone());
+            q.ready_bytes = 0;
+            let q = &mut *q;
+            q.ready.drain(..).chain(q.blocked.drain(..)).collect()
+        };
+        for p in drained {
+            p.done.complete(Err(WalError::Failed(msg.clone())));
+        }
+    }
+
+    /// Waits for work; `None` once closing and nothing is left.
+    async fn wait_for_work(&self) -> Option<usize> {
+        poll_fn(|cx| {
+            let mut q = self.queue.borrow_mut();
+            if let Some(p) = q.ready.front() {
+                Poll::Ready(Some(p.bytes))
+            } else if q.closing || q.failed.is_some() {
+                Poll::Ready(None)
+            } else {
+                q.writer_waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    /// Takes queued batches in order while they fit in `room` bytes, then lets blocked
+    /// appenders in.
+    fn take_group(&self, room: u64) -> Vec<Pending> {
+        let mut q = self.queue.borrow_mut();
+        let mut group = Vec::new();
+        let mut used = 0u64;
+        while let Some(p) = q.ready.front() {
+            if used + p.bytes as u64 > room {
+                break;
+            }
+            used += p.bytes as u64;
+            let p = q.ready.pop_front().expect("front exists");
+            q.ready_bytes -= p.bytes;
+            group.push(p);
+        }
+        while let Some(p) = q.blocked.front() {
+            if q.ready_bytes + p.bytes > self.opts.max_queued_bytes {
+                break;
+            }
+            let p = q.blocked.pop_front().expect("front exists");
+            q.ready_bytes += p.bytes;
+            q.ready.push_back(p);
+        }
+        group
+    }
+
+    pub(crate) async fn release(&self, index: u64) -> Result<usize, WalError> {
+        if std::mem::replace(&mut *self.releasing.borrow_mut(), true) {
+            return Err(WalError::InvalidBatch(
+                "release is already running on this WAL".into(),
+            ));
+        }
+        let r = self.release_inner(index).await;
+        *self.releasing.borrow_mut() = false;
+        r
+    }
+
+    async fn release_inner(&self, index: u64) -> Result<usize, WalError> {
+        let mut deleted = 0;
+        loop {
+            let path = {
+                let segs = self.segments.borrow();
+                match segs.front() {
+                    // Never the active (last) segment.
+                    Some(s) if segs.len() > 1 && s.max_index.is_none_or(|m| m < index) => {
+                        s.path.clone()
+                    }
+                    _ => break,
+                }
+            };
+            std::fs::remove_file(&path)
+                .map_err(|e| WalError::io("delete released segment", &path, None, e))?;
+            self.segments.borrow_mut().pop_front();
+            self.dir_handle
+                .sync()
+                .await
+                .map_err(|e| WalError::io("sync dir", &self.dir, None, e))?;
+            deleted += 1;
+        }
+        Ok(deleted)
+    }
+}
+
+/// The segment being appended to.
+pub struct Active {
+    pub file: DmaFile,
+    pub path: PathBuf,
+    pub seq: u64,
+    pub size: u64,
+    /// Next record offset (8-aligned).
+    pub pos: u64,
+    /// Bytes of the block holding `pos`, from the block start to `pos`.
+    pub tail: Vec<u8>,
+}
+
+/// Latest state records, repeated at the start of every new segment.
+#[derive(Default, Clone)]
+pub struct Carry {
+    pub hard_state: Option<Record>,
+    pub snapshot: Option<Record>,
+    pub metadata: Option<Record>,
+}
+
+impl Carry {
+    pub fn observe(&mut self, r: &Record) {
+        match r {
+            Record::HardState { .. } => self.hard_state = Some(r.clone()),
+            Record::Snapshot { .. } => self.snapshot = Some(r.clone()),
+            Record::Metadata { .. } => self.metadata = Some(r.clone()),
+            Record::Entry { .. } => {}
+        }
+    }
+
+    fn records(&self) -> Vec<Record> {
+        [&self.metadata, &self.snapshot, &self.hard_state]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect()
+    }
+}
+
+/// Everything the writer needs from recovery.
+pub struct WriterState {
+    pub active: Active,
+    pub carry: Carry,
+    /// Highest entry/snapshot index written so far.
+    pub highest_index: Option<u64>,
+    /// `first_index` of the active segment.
+    pub active_first_index: u64,
+}
+
+/// The writer task: takes every queued batch, writes them with one O_DIRECT write and one
+/// fdatasync, resolves them; rolls over to the prepared segment when the next batch does not
+/// fit. Exits when closing and drained, or after a failure (failing everything queued).
+pub async fn run(inner: Rc<Inner>, mut st: WriterState) {
+    let mut next = Some(spawn_prepare(&inner, st.active.seq + 1));
+    while let Some(first_bytes) = inner.wait_for_work().await {
+        let fresh = st.active.pos == SEGMENT_HEADER_SIZE;
+        let carry_bytes: u64 = if fresh {
+            st.carry
+                .records()
+                .iter()
+                .map(|r| format::encoded_len(r) as u64)
+                .sum()
+        } else {
+            0
+        };
+        if st.active.pos + carry_bytes + first_bytes as u64 > st.active.size {
+            if let Err(e) = rollover(&inner, &mut st, &mut next).await {
+                inner.fail(e.to_string());
+                break;
+            }
+            continue;
+        }
+        let room = st.active.size - st.active.pos - carry_bytes;
+        let group = inner.take_group(room);
+        debug_assert!(!group.is_empty());
+        let carry = if fresh {
+            st.carry.records()
+        } else {
+            Vec::new()
+        };
+        match write_group(&inner, &mut st, &carry, &group).await {
+            Ok(()) => {
+                for p in group {
+                    p.done.complete(Ok(()));
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                for p in group {
+                    p.done.complete(Err(WalError::Failed(msg.clone())));
+                }
+                inner.fail(msg);
+                break;
+            }
+        }
+    }
+    // Dropping `next` cancels an unfinished preparation; its `.prep` file is removed on the
+    // next open.
+    drop(next);
+}
+
+fn spawn_prepare(inner: &Rc<Inner>, seq: u64) -> JoinHandle<Result<Prepared, WalError>> {
+    let dir = inner.dir.clone();
+    let size = inner.opts.segment_size;
+    let mode = inner.opts.preallocate;
+    glommio::spawn_local(async move { segment::prepare(&dir, seq, size, mode).await }).detach()
+}
+
+async fn rollover(
+    inner: &Rc<Inner>,
+    st: &mut WriterState,
+    next: &mut Option<JoinHandle<Result<Prepared, WalError>>>,
+) -> Result<(), WalError> {
+    let seq = st.active.seq + 1;
+    let prepared = match next.take() {
+        Some(h) => match h.await {
+            Some(r) => r?,
+            None => {
+                segment::prepare(
+                    &inner.dir,
+                    seq,
+                    inner.opts.segment_size,
+                    inner.opts.preallocate,
+                )
+                .await?
+            }
+        },
+        None => {
+            segment::prepare(
+                &inner.dir,
+                seq,
+                inner.opts.segment_size,
+                inner.opts.preallocate,
+            )
+            .await?
+        }
+    };
+    debug_assert_eq!(prepared.seq, seq);
+    let first_index = st.highest_index.map_or(st.active_first_index, |i| {
+        (i + 1).max(st.active_first_index)
+    });
+    let path = inner.dir.join(format::segment_file_name(seq, first_index));
+    glommio::io::rename(&prepared.path, &path)
+        .await
+        .map_err(|e| WalError::io("rename prepared segment", &prepared.path, None, e))?;
+    // The rename must be durable before records in the new file are acknowledged.
+    inner
+        .dir_handle
+        .sync()
+        .await
+        .map_err(|e| WalError::io("sync dir", &inner.dir, None, e))?;
+    let old = std::mem::replace(
+        &mut st.active,
+        Active {
+            file: prepared.file,
+            path: path.clone(),
+            seq,
+            size: prepared.size,
+            pos: SEGMENT_HEADER_SIZE,
+            tail: Vec::new(),
+        },
+    );
+    let _ = old.file.close().await;
+    st.active_first_index = first_index;
+    inner.segments.borrow_mut().push_back(SegmentSummary {
+        seq,
+        first_index,
+        max_index: None,
+        path,
+    });
+    inner.stats.borrow_mut().rollovers += 1;
+    *next = Some(spawn_prepare(inner, seq + 1));
+    Ok(())
+}
+
+async fn write_group(
+    inner: &Inner,
+    st: &mut WriterState,
+    carry: &[Record],
+    group: &[Pending],
+) -> Result<(), WalError> {
+    let a = &mut st.active;
+    let start = align_down(a.pos, BLOCK_SIZE as u64);
+    let tail_len = a.tail.len();
+    debug_assert_eq!(start + tail_len as u64, a.pos);
+    let carry_bytes: usize = carry.iter().map(format::encoded_len).sum();
+    let new_bytes = carry_bytes + group.iter().map(|p| p.bytes).sum::<usize>();
+    let end = a.pos + new_bytes as u64;
+    assert!(end <= a.size, "writer: group overruns the segment");
+    let len = (align_up(end, BLOCK_SIZE as u64) - start) as usize;
+    let mut buf = a.file.alloc_dma_buffer(len);
+    let b = buf.as_bytes_mut();
+    b[..tail_len].copy_from_slice(&a.tail);
+    let mut off = tail_len;
+    let mut first = true;
+    let mut records = 0u64;
+    let mut emit = |batch: &[Record], b: &mut [u8], off: &mut usize| {
+        for (i, r) in batch.iter().enumerate() {
+            let n = format::encoded_len(r);
+            let mut flags = 0;
+            if first {
+                flags |= FLAG_FIRST_IN_WRITE;
+                first = false;
+            }
+            if i + 1 == batch.len() {
+                flags |= FLAG_LAST_IN_BATCH;
+            }
+            format::encode_record(r, a.seq, flags, &mut b[*off..*off + n]);
+            *off += n;
+            records += 1;
+        }
+    };
+    if !carry.is_empty() {
+        emit(carry, b, &mut off);
+    }
+    for p in group {
+        emit(&p.records, b, &mut off);
+    }
+    debug_assert_eq!(start + off as u64, end);
+    b[off..].fill(0);
+    let new_tail_start = align_down(off as u64, BLOCK_SIZE as u64) as usize;
+    let new_tail = b[new_tail_start..off].to_vec();
+
+    let t0 = Instant::now();
+    segment::write_all(&a.file, &a.path, buf, start).await?;
+    let t1 = Instant::now();
+    a.file
+        .fdatasync()
+        .await
+        .map_err(|e| WalError::io("fdatasync", &a.path, None, e))?;
+    let t2 = Instant::now();
+
+    a.pos = end;
+    a.tail = new_tail;
+    // Bookkeeping only after the data is durable.
+    let mut max_index = None::<u64>;
+    for r in carry
+        .iter()
+        .chain(group.iter().flat_map(|p| p.records.iter()))
+    {
+        st.carry.observe(r);
+        if let Some(i) = r.index() {
+            max_index = Some(max_index.map_or(i, |m| m.max(i)));
+        }
+    }
+    if let Some(m) = max_index {
+        st.highest_index = Some(st.highest_index.map_or(m, |h| h.max(m)));
+        if let Some(s) = inner.segments.borrow_mut().back_mut() {
+            debug_assert_eq!(s.seq, st.active.seq);
+            s.max_index = Some(s.max_index.map_or(m, |x| x.max(m)));
+        }
+    }
+    let mut s = inner.stats.borrow_mut();
+    s.records += records;
+    s.batches += group.len() as u64 + u64::from(!carry.is_empty());
+    s.bytes += new_bytes as u64;
+    s.bytes_written += len as u64;
+    s.syncs += 1;
+    s.records_per_sync.record(records);
+    s.write_latency_us.record((t1 - t0).as_micros() as u64);
+    s.sync_latency_us.record((t2 - t1).as_micros() as u64);
+    Ok(())
+}
