@@ -6,7 +6,11 @@
 
 pub mod api;
 pub mod backend;
+pub mod client;
+pub mod log;
 pub mod mvcc;
+pub mod raft;
+pub mod server;
 pub mod wal;
 
 /// Code generated from `schema/` by `cargo run -p corekv-xtask -- capnp` (checked in, so

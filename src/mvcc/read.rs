@@ -13,6 +13,10 @@ use super::types::{
 };
 use crate::backend::{self, ReadTxn, MAX_KEY_SIZE};
 
+/// Largest range response, in key and value bytes: a larger result is refused (use `limit`
+/// and continue from the last key) rather than built in memory.
+pub const MAX_RANGE_RESPONSE_BYTES: usize = 64 << 20;
+
 /// Longest user key: the backend's key limit less the revision suffix.
 pub const MAX_USER_KEY_SIZE: usize = MAX_KEY_SIZE - REVISION_SUFFIX_LEN;
 
@@ -297,10 +301,21 @@ pub fn range_at(
 
     let mut count: i64 = 0;
     let mut kvs = Vec::new();
+    let mut bytes = 0usize;
     for_each_visible(view, &req.key, &end, rev, |key, mod_rev, record| {
         count += 1;
         if !req.count_only && kvs.len() < fetch_limit {
-            kvs.push(to_key_value(key, mod_rev, record, want_values)?);
+            let kv = to_key_value(key, mod_rev, record, want_values)?;
+            bytes += kv.key.len() + kv.value.len();
+            if bytes > MAX_RANGE_RESPONSE_BYTES {
+                return Err(Error::new(
+                    ErrorCode::RequestTooLarge,
+                    format!(
+                        "range: the result exceeds {MAX_RANGE_RESPONSE_BYTES} bytes; set a limit and page through the range"
+                    ),
+                ));
+            }
+            kvs.push(kv);
         }
         Ok(true)
     })?;

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use crate::api::decode_proposal;
 use crate::backend::{self, Backend};
 use crate::mvcc::read::KvView;
-use crate::mvcc::{self, Error, ErrorCode, Limits, Revision, SnapshotView, WriteBatch, WriteRequest, WriteResponse};
+use crate::mvcc::{
+    self, Error, ErrorCode, Limits, Revision, SnapshotView, WriteBatch, WriteRequest, WriteResponse,
+};
 
 /// Sync the backend at least this often while entries are being applied.
 pub const BACKEND_SYNC_INTERVAL: Duration = Duration::from_millis(100);
@@ -120,7 +122,10 @@ impl Applier {
     /// publishes the result. Returns one result per proposal entry, in order.
     pub async fn apply(&mut self, entries: &[CommittedEntry]) -> mvcc::Result<Vec<AppliedResult>> {
         let mut results = Vec::new();
-        let fresh: Vec<&CommittedEntry> = entries.iter().filter(|e| e.index > self.applied_index).collect();
+        let fresh: Vec<&CommittedEntry> = entries
+            .iter()
+            .filter(|e| e.index > self.applied_index)
+            .collect();
         if fresh.is_empty() && (self.compaction_done || self.compacted == 0) {
             return Ok(results);
         }
@@ -130,7 +135,11 @@ impl Applier {
             let mut batch = WriteBatch::begin(&mut wtxn, self.limits.clone())?;
             let mut last = (self.applied_index, self.applied_term);
             for entry in fresh {
-                debug_assert_eq!(entry.index, last.0 + 1, "entries are applied in log order without gaps");
+                debug_assert_eq!(
+                    entry.index,
+                    last.0 + 1,
+                    "entries are applied in log order without gaps"
+                );
                 last = (entry.index, entry.term);
                 if entry.data.is_empty() {
                     continue;
@@ -191,7 +200,8 @@ impl Applier {
     pub async fn maybe_sync(&mut self, force: bool) -> backend::Result<Option<u64>> {
         let due = force
             || self.applied_index - self.synced_index >= BACKEND_SYNC_ENTRIES
-            || (self.applied_index > self.synced_index && self.last_sync.elapsed() >= BACKEND_SYNC_INTERVAL);
+            || (self.applied_index > self.synced_index
+                && self.last_sync.elapsed() >= BACKEND_SYNC_INTERVAL);
         if !due {
             return Ok(None);
         }

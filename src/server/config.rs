@@ -29,7 +29,11 @@ pub enum LogLevel {
 
 /// Flags of the `corekv` binary.
 #[derive(Clone, Debug, Parser)]
-#[command(name = "corekv", version, about = "corekv: an etcd-class coordination store on io_uring")]
+#[command(
+    name = "corekv",
+    version,
+    about = "corekv: an etcd-class coordination store on io_uring"
+)]
 pub struct Flags {
     /// Human-readable name of this member.
     #[arg(long, default_value = "default")]
@@ -96,7 +100,12 @@ impl Config {
     /// Validates flags; the error names the flag and the accepted values.
     pub fn from_flags(flags: Flags) -> Result<Config, String> {
         let mut listen = Vec::new();
-        for url in flags.listen_client_urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+        for url in flags
+            .listen_client_urls
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+        {
             let hostport = url
                 .strip_prefix("http://")
                 .unwrap_or(url)
@@ -173,7 +182,11 @@ mod tests {
 
     #[test]
     fn urls_accept_http_prefix_and_lists() {
-        let c = parse(&["--listen-client-urls", "http://127.0.0.1:3000/, 127.0.0.1:3001"]).unwrap();
+        let c = parse(&[
+            "--listen-client-urls",
+            "http://127.0.0.1:3000/, 127.0.0.1:3001",
+        ])
+        .unwrap();
         assert_eq!(c.listen.len(), 2);
         assert_eq!(c.listen[0].port(), 3000);
     }
@@ -181,8 +194,14 @@ mod tests {
     #[test]
     fn bad_flags_name_the_flag() {
         assert!(parse(&["--shards", "0"]).unwrap_err().contains("--shards"));
-        assert!(parse(&["--listen-client-urls", "https://x:1"]).unwrap_err().contains("--listen-client-urls"));
-        assert!(parse(&["--max-request-bytes", "10"]).unwrap_err().contains("--max-request-bytes"));
-        assert!(parse(&["--max-txn-ops", "0"]).unwrap_err().contains("--max-txn-ops"));
+        assert!(parse(&["--listen-client-urls", "https://x:1"])
+            .unwrap_err()
+            .contains("--listen-client-urls"));
+        assert!(parse(&["--max-request-bytes", "10"])
+            .unwrap_err()
+            .contains("--max-request-bytes"));
+        assert!(parse(&["--max-txn-ops", "0"])
+            .unwrap_err()
+            .contains("--max-txn-ops"));
     }
 }

@@ -32,8 +32,8 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 
 pub use format::{
-    BLOCK_SIZE, MAX_CARRY_OVER_BYTES, MAX_RECORD_PAYLOAD, MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE,
-    RECORD_HEADER_SIZE,
+    encoded_len, BLOCK_SIZE, MAX_CARRY_OVER_BYTES, MAX_RECORD_PAYLOAD, MAX_SEGMENT_SIZE,
+    MIN_SEGMENT_SIZE, RECORD_HEADER_SIZE,
 };
 pub use stats::{Pow2Histogram, WalStats, HISTOGRAM_BUCKETS};
 

@@ -1,0 +1,256 @@
+//! The server: start-up, shard executors, client listeners and the Cap'n Proto services.
+//!
+//! Start-up order: shard 0 (the raft shard) opens the backend and the WAL, replays the log and
+//! becomes leader; then it binds the client addresses (port 0 resolves here) and every other
+//! shard binds the same concrete addresses with SO_REUSEPORT, so the kernel spreads
+//! connections across shards. A connection stays on the shard that accepted it.
+
+pub mod applier;
+pub mod config;
+pub mod service;
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use capnp_rpc::rpc_twoparty_capnp::Side;
+use capnp_rpc::{twoparty, RpcSystem};
+use futures::channel::oneshot;
+use futures::{AsyncReadExt, FutureExt};
+use glommio::net::TcpListener;
+use glommio::{LocalExecutorBuilder, Placement};
+
+use crate::backend::Reader;
+use crate::generated::rpc_capnp::core_kv;
+use crate::mvcc::Limits;
+use crate::raft::{Ids, NodeConfig, RaftRequest, RaftShard, SharedState, REQUEST_QUEUE_CAPACITY};
+pub use config::Config;
+use service::{CoreKvService, ShardContext};
+
+/// Busy-poll this long before an idle shard parks: cuts wake-up latency on a loaded server.
+pub const SPIN_BEFORE_PARK: Duration = Duration::from_micros(50);
+/// Connections a shard serves at once; further connections wait in the listen backlog.
+pub const MAX_CONNECTIONS_PER_SHARD: usize = 10_000;
+/// Buffer of each connection's reader and writer.
+pub const CONNECTION_BUFFER_BYTES: usize = 64 * 1024;
+
+/// A running server; dropping it without [`RunningServer::shutdown`] leaves threads running.
+pub struct RunningServer {
+    /// The concrete client addresses (ports resolved).
+    pub addrs: Vec<SocketAddr>,
+    stops: Vec<oneshot::Sender<()>>,
+    raft_stop: Option<oneshot::Sender<()>>,
+    threads: Vec<glommio::ExecutorJoinHandle<Result<(), String>>>,
+}
+
+struct RaftShardReady {
+    reader: Reader,
+    shared: Arc<SharedState>,
+    addrs: Vec<SocketAddr>,
+}
+
+/// Starts every shard and returns once all of them listen.
+pub fn start(config: Config) -> Result<RunningServer, String> {
+    let ids = Ids::from_name(&config.name);
+    let (raft_tx, raft_rx) = flume::bounded::<RaftRequest>(REQUEST_QUEUE_CAPACITY);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<RaftShardReady, String>>();
+    let (raft_stop_tx, raft_stop_rx) = oneshot::channel::<()>();
+    let (stop0_tx, stop0_rx) = oneshot::channel::<()>();
+    let cores = config::available_cores();
+    let mut threads = Vec::new();
+
+    let node_config = NodeConfig {
+        data_dir: config.data_dir.clone(),
+        ids,
+        limits: Limits {
+            max_txn_ops: config.max_txn_ops,
+        },
+        quota_backend_bytes: config.quota_backend_bytes,
+        wal: crate::wal::Options::default(),
+        backend: crate::backend::Options::default(),
+    };
+    let shard0 = {
+        let config = config.clone();
+        let raft_tx = raft_tx.clone();
+        LocalExecutorBuilder::new(Placement::Fixed(0))
+            .name("corekv-shard-0")
+            .spin_before_park(SPIN_BEFORE_PARK)
+            .spawn(move || async move {
+                let (raft, reader) = match RaftShard::open(node_config).await {
+                    Ok(x) => x,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.clone()));
+                        return Err(e);
+                    }
+                };
+                let shared = raft.shared();
+                let listeners = match bind_all(&config.listen) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.clone()));
+                        return Err(e);
+                    }
+                };
+                let addrs = listeners.iter().map(|l| l.local_addr().expect("bound listener has an address")).collect();
+                let raft_task = glommio::spawn_local(raft.run(raft_rx, raft_stop_rx));
+                let ctx = Rc::new(ShardContext {
+                    shard: 0,
+                    reader: reader.clone(),
+                    raft: raft_tx,
+                    shared: shared.clone(),
+                    ids,
+                    max_request_bytes: config.max_request_bytes,
+                });
+                let _ = ready_tx.send(Ok(RaftShardReady { reader, shared, addrs }));
+                serve(listeners, ctx, config.max_request_bytes, stop0_rx).await;
+                raft_task.await
+            })
+            .map_err(|e| format!("start shard 0: {e}"))?
+    };
+    threads.push(shard0);
+    let ready = match ready_rx.recv() {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            let _ = threads.pop().map(|t| t.join());
+            return Err(e);
+        }
+        Err(_) => {
+            let e = threads.pop().map(|t| t.join());
+            return Err(format!("shard 0 stopped during start-up: {e:?}"));
+        }
+    };
+
+    let mut stops = vec![stop0_tx];
+    for shard in 1..config.shards {
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        stops.push(stop_tx);
+        let addrs = ready.addrs.clone();
+        let reader = ready.reader.clone();
+        let shared = ready.shared.clone();
+        let raft_tx = raft_tx.clone();
+        let max_request_bytes = config.max_request_bytes;
+        let handle = LocalExecutorBuilder::new(Placement::Fixed(shard % cores))
+            .name(&format!("corekv-shard-{shard}"))
+            .spin_before_park(SPIN_BEFORE_PARK)
+            .spawn(move || async move {
+                let listeners = bind_all(&addrs)?;
+                let ctx = Rc::new(ShardContext {
+                    shard,
+                    reader,
+                    raft: raft_tx,
+                    shared,
+                    ids,
+                    max_request_bytes,
+                });
+                serve(listeners, ctx, max_request_bytes, stop_rx).await;
+                Ok(())
+            })
+            .map_err(|e| format!("start shard {shard}: {e}"))?;
+        threads.push(handle);
+    }
+    Ok(RunningServer {
+        addrs: ready.addrs,
+        stops,
+        raft_stop: Some(raft_stop_tx),
+        threads,
+    })
+}
+
+impl RunningServer {
+    /// Stops accepting, closes connections, lets the raft shard finish applying committed
+    /// entries, syncs the backend and closes the WAL. Returns the first shard error.
+    pub fn shutdown(mut self) -> Result<(), String> {
+        for stop in self.stops.drain(..) {
+            let _ = stop.send(());
+        }
+        if let Some(stop) = self.raft_stop.take() {
+            let _ = stop.send(());
+        }
+        let mut first_error = None;
+        for t in self.threads.drain(..) {
+            let r = t.join().map_err(|e| format!("shard thread: {e}")).and_then(|r| r);
+            if let Err(e) = r {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, String> {
+    addrs
+        .iter()
+        .map(|a| TcpListener::bind(a).map_err(|e| format!("listen on {a}: {e}")))
+        .collect()
+}
+
+/// Accepts connections on `listeners` until `stop` fires, then cancels the connections.
+async fn serve(listeners: Vec<TcpListener>, ctx: Rc<ShardContext>, max_request_bytes: usize, stop: oneshot::Receiver<()>) {
+    let live = Rc::new(std::cell::Cell::new(0usize));
+    // Live connection tasks by id; each removes itself when its connection ends, so
+    // shutdown can cancel exactly the ones still running.
+    let connections = Rc::new(std::cell::RefCell::new(std::collections::HashMap::new()));
+    let next_connection = Rc::new(std::cell::Cell::new(0u64));
+    let accept_loops: Vec<_> = listeners
+        .into_iter()
+        .map(|listener| {
+            let ctx = ctx.clone();
+            let live = live.clone();
+            let connections = connections.clone();
+            let next_connection = next_connection.clone();
+            glommio::spawn_local(async move {
+                loop {
+                    if live.get() >= MAX_CONNECTIONS_PER_SHARD {
+                        glommio::timer::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                    let stream = match listener.accept().await {
+                        Ok(s) => s,
+                        Err(e) => {
+                            crate::log!(Warn, "shard {}: accept failed: {e}", ctx.shard);
+                            glommio::timer::sleep(Duration::from_millis(10)).await;
+                            continue;
+                        }
+                    };
+                    let _ = stream.set_nodelay(true);
+                    live.set(live.get() + 1);
+                    let (reader, writer) = stream.split();
+                    let mut options = capnp::message::ReaderOptions::new();
+                    options.nesting_limit(crate::api::MAX_MESSAGE_NESTING);
+                    // The transport refuses (and disconnects) only far beyond the request
+                    // limit; anything in between gets a clear "request too large" answer.
+                    options.traversal_limit_in_words(Some(max_request_bytes / 8 * 2 + (1 << 16)));
+                    let network = twoparty::VatNetwork::new(
+                        futures::io::BufReader::with_capacity(CONNECTION_BUFFER_BYTES, reader),
+                        futures::io::BufWriter::with_capacity(CONNECTION_BUFFER_BYTES, writer),
+                        Side::Server,
+                        options,
+                    );
+                    let bootstrap: core_kv::Client = capnp_rpc::new_client(CoreKvService::new(ctx.clone()));
+                    let rpc = RpcSystem::new(Box::new(network), Some(bootstrap.client));
+                    let live = live.clone();
+                    let id = next_connection.get();
+                    next_connection.set(id + 1);
+                    let registry = connections.clone();
+                    let task = glommio::spawn_local(async move {
+                        let _ = rpc.await;
+                        live.set(live.get() - 1);
+                        registry.borrow_mut().remove(&id);
+                    })
+                    .detach();
+                    connections.borrow_mut().insert(id, task);
+                }
+            })
+            .detach()
+        })
+        .collect();
+    let _ = stop.fuse().await;
+    for a in accept_loops {
+        a.cancel();
+    }
+    let tasks: Vec<_> = connections.borrow_mut().drain().map(|(_, t)| t).collect();
+    for t in tasks {
+        t.cancel();
+    }
+}
