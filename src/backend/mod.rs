@@ -1058,8 +1058,14 @@ impl TreeMut<'_> {
         range: R,
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let _ = (range.start_bound(), limit);
-        unimplemented!()
+        self.core.check_poison()?;
+        let (s, e) = bounds(&range);
+        let t = &self.core.trees[self.idx];
+        let mut out = Vec::new();
+        if limit > 0 {
+            self.core.scan_rev(t.root, t.order, s, e, limit, &mut out, 0)?;
+        }
+        Ok(out)
     }
 }
 

@@ -746,6 +746,76 @@ impl TxnCore {
         }
     }
 
+    /// Like [`Self::scan`], but collects entries in descending key order, starting from the
+    /// end bound. Returns false once `limit` entries are collected or the start bound passed.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn scan_rev(
+        &self,
+        pg: u64,
+        order: KeyOrder,
+        start: Bound<&[u8]>,
+        end: Bound<&[u8]>,
+        limit: usize,
+        out: &mut Vec<(Vec<u8>, Vec<u8>)>,
+        depth: usize,
+    ) -> Result<bool> {
+        if pg == 0 {
+            return Ok(true);
+        }
+        if depth > MAX_DEPTH {
+            return Err(Error::Corrupt(format!(
+                "tree deeper than {MAX_DEPTH} levels at page {pg}"
+            )));
+        }
+        let after_start = |k: &[u8]| match start {
+            Bound::Unbounded => true,
+            Bound::Included(s) => order.compare(k, s) != Ordering::Less,
+            Bound::Excluded(s) => order.compare(k, s) == Ordering::Greater,
+        };
+        let before_end = |k: &[u8]| match end {
+            Bound::Unbounded => true,
+            Bound::Included(e) => order.compare(k, e) != Ordering::Greater,
+            Bound::Excluded(e) => order.compare(k, e) == Ordering::Less,
+        };
+        let node = self.node(pg)?;
+        match &*node {
+            Node::Leaf(entries) => {
+                for (k, v) in entries.iter().rev() {
+                    if out.len() >= limit {
+                        return Ok(false);
+                    }
+                    if !before_end(&k.bytes) {
+                        continue;
+                    }
+                    if !after_start(&k.bytes) {
+                        return Ok(false);
+                    }
+                    out.push((k.bytes.clone(), self.val_bytes(v)?));
+                }
+                Ok(out.len() < limit)
+            }
+            Node::Branch { keys, children } => {
+                // Child i holds keys >= keys[i - 1]: start at the child that holds the end.
+                let last = match end {
+                    Bound::Unbounded => children.len() - 1,
+                    Bound::Included(e) | Bound::Excluded(e) => {
+                        keys.partition_point(|k| order.compare(&k.bytes, e) != Ordering::Greater)
+                    }
+                };
+                for i in (0..=last.min(children.len() - 1)).rev() {
+                    if !self.scan_rev(children[i], order, start, end, limit, out, depth + 1)? {
+                        return Ok(false);
+                    }
+                    // Every earlier child holds keys below this separator.
+                    if i > 0 && !after_start(&keys[i - 1].bytes) {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            }
+        }
+    }
+
     // ---- trees and catalog -------------------------------------------------------------
 
     /// Index of tree `name` in `trees`, loading it from the catalog; None if it does not

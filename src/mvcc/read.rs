@@ -297,7 +297,8 @@ pub fn range_at(
     } else {
         usize::MAX
     };
-    let want_values = !req.keys_only;
+    // Sorting by value needs the values even for keys_only (etcd strips them after sorting).
+    let want_values = !req.keys_only || req.sort_target == SortTarget::Value;
 
     let mut count: i64 = 0;
     let mut kvs = Vec::new();
@@ -358,6 +359,11 @@ pub fn range_at(
     if req.limit > 0 && kvs.len() > req.limit as usize {
         kvs.truncate(req.limit as usize);
         more = true;
+    }
+    if req.keys_only {
+        for kv in &mut kvs {
+            kv.value = Vec::new();
+        }
     }
     Ok(RangeResponse { kvs, more, count })
 }

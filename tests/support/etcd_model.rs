@@ -84,6 +84,18 @@ impl EtcdModel {
                 count,
             });
         }
+        // etcd fetches only limit+1 keys (in key order) unless the request sorts with an
+        // explicit order or filters by revision; a non-key target with order NONE then
+        // re-sorts just those.
+        let default_order = r.sort_order == SortOrder::None
+            || (r.sort_target == SortTarget::Key && r.sort_order == SortOrder::Ascend);
+        let filters = r.min_mod_revision != 0
+            || r.max_mod_revision != 0
+            || r.min_create_revision != 0
+            || r.max_create_revision != 0;
+        if r.limit > 0 && default_order && !filters {
+            kvs.truncate(r.limit as usize + 1);
+        }
         kvs.retain(|kv| {
             (r.max_mod_revision == 0 || kv.mod_revision <= r.max_mod_revision)
                 && (r.min_mod_revision == 0 || kv.mod_revision >= r.min_mod_revision)
