@@ -61,7 +61,11 @@ fn scan_rev_matches_a_btreemap() {
                     let keys: Vec<Vec<u8>> = model.keys().cloned().collect();
                     for _ in 0..300 {
                         let (lo, hi) = (bound(&mut state, &keys), bound(&mut state, &keys));
-                        if let (Bound::Included(a) | Bound::Excluded(a), Bound::Included(b) | Bound::Excluded(b)) = (&lo, &hi) {
+                        if let (
+                            Bound::Included(a) | Bound::Excluded(a),
+                            Bound::Included(b) | Bound::Excluded(b),
+                        ) = (&lo, &hi)
+                        {
                             if a > b {
                                 continue; // BTreeMap panics on inverted ranges
                             }

@@ -1063,7 +1063,8 @@ impl TreeMut<'_> {
         let t = &self.core.trees[self.idx];
         let mut out = Vec::new();
         if limit > 0 {
-            self.core.scan_rev(t.root, t.order, s, e, limit, &mut out, 0)?;
+            self.core
+                .scan_rev(t.root, t.order, s, e, limit, &mut out, 0)?;
         }
         Ok(out)
     }

@@ -94,7 +94,10 @@ impl Runtime for Glommio {
                 .map_err(std::io::Error::from)?;
             let _ = stream.set_nodelay(true);
             let (r, w) = futures::AsyncReadExt::split(stream);
-            Ok((Box::new(r) as Box<dyn AsyncRead + Unpin>, Box::new(w) as Box<dyn AsyncWrite + Unpin>))
+            Ok((
+                Box::new(r) as Box<dyn AsyncRead + Unpin>,
+                Box::new(w) as Box<dyn AsyncWrite + Unpin>,
+            ))
         })
     }
     fn spawn_local(&self, fut: LocalFuture<()>) {
@@ -115,7 +118,10 @@ impl Runtime for Tokio {
             let stream = tokio::net::TcpStream::connect(addr).await?;
             stream.set_nodelay(true)?;
             let (r, w) = stream.into_split();
-            Ok((Box::new(r.compat()) as Box<dyn AsyncRead + Unpin>, Box::new(w.compat_write()) as Box<dyn AsyncWrite + Unpin>))
+            Ok((
+                Box::new(r.compat()) as Box<dyn AsyncRead + Unpin>,
+                Box::new(w.compat_write()) as Box<dyn AsyncWrite + Unpin>,
+            ))
         })
     }
     fn spawn_local(&self, fut: LocalFuture<()>) {
@@ -224,7 +230,11 @@ impl Client {
         &self.endpoints
     }
 
-    async fn with_timeout<T>(&self, d: Duration, fut: impl Future<Output = Result<T>>) -> Result<T> {
+    async fn with_timeout<T>(
+        &self,
+        d: Duration,
+        fut: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
         futures::select_biased! {
             r = fut.fuse() => r,
             _ = self.runtime.sleep(d).fuse() => Err(ClientError::Timeout(d)),
@@ -251,7 +261,9 @@ impl Client {
                 Err(e) => last_error = format!("{addr}: {e}"),
             }
         }
-        Err(ClientError::Transport(format!("no endpoint reachable; last error: {last_error}")))
+        Err(ClientError::Transport(format!(
+            "no endpoint reachable; last error: {last_error}"
+        )))
     }
 
     async fn open(&self, addr: SocketAddr) -> Result<Connection> {
@@ -261,7 +273,9 @@ impl Client {
                 .await
                 .map_err(|e| ClientError::Transport(e.to_string()))
         };
-        let (reader, writer) = self.with_timeout(self.options.connect_timeout, connect).await?;
+        let (reader, writer) = self
+            .with_timeout(self.options.connect_timeout, connect)
+            .await?;
         let mut options = capnp::message::ReaderOptions::new();
         options.nesting_limit(api::MAX_MESSAGE_NESTING);
         options.traversal_limit_in_words(Some(MAX_RESPONSE_BYTES / 8));
@@ -280,7 +294,13 @@ impl Client {
             flag.set(false);
         }));
         let setup = async {
-            let kv = bootstrap.kv_request().send().promise.await?.get()?.get_kv()?;
+            let kv = bootstrap
+                .kv_request()
+                .send()
+                .promise
+                .await?
+                .get()?
+                .get_kv()?;
             let maintenance = bootstrap
                 .maintenance_request()
                 .send()
@@ -290,14 +310,22 @@ impl Client {
                 .get_maintenance()?;
             Ok::<_, ClientError>((kv, maintenance))
         };
-        let (kv, maintenance) = self.with_timeout(self.options.connect_timeout, setup).await?;
-        Ok(Connection { kv, maintenance, alive })
+        let (kv, maintenance) = self
+            .with_timeout(self.options.connect_timeout, setup)
+            .await?;
+        Ok(Connection {
+            kv,
+            maintenance,
+            alive,
+        })
     }
 
     async fn call<T>(&self, f: impl AsyncFnOnce(Rc<Connection>) -> Result<T>) -> Result<T> {
         let conn = self.connection().await?;
         let alive = conn.alive.clone();
-        let r = self.with_timeout(self.options.request_timeout, f(conn)).await;
+        let r = self
+            .with_timeout(self.options.request_timeout, f(conn))
+            .await;
         if matches!(r, Err(ClientError::Transport(_))) {
             alive.set(false);
         }
@@ -311,10 +339,18 @@ impl Client {
             api::write_range_request(&req, q.get().init_request());
             let reply = q.send().promise.await?;
             use crate::generated::rpc_capnp::range_result::Which;
-            match reply.get()?.get_result()?.which().map_err(|e| capnp::Error::failed(e.to_string()))? {
+            match reply
+                .get()?
+                .get_result()?
+                .which()
+                .map_err(|e| capnp::Error::failed(e.to_string()))?
+            {
                 Which::Ok(r) => {
                     let r = r?;
-                    Ok((api::read_range_response(r)?, api::read_header(r.get_header()?)))
+                    Ok((
+                        api::read_range_response(r)?,
+                        api::read_header(r.get_header()?),
+                    ))
                 }
                 Which::Err(e) => Err(ClientError::Server(api::read_error(e?)?)),
             }
@@ -340,10 +376,18 @@ impl Client {
             api::write_put_request(&req, q.get().init_request());
             let reply = q.send().promise.await?;
             use crate::generated::rpc_capnp::put_result::Which;
-            match reply.get()?.get_result()?.which().map_err(|e| capnp::Error::failed(e.to_string()))? {
+            match reply
+                .get()?
+                .get_result()?
+                .which()
+                .map_err(|e| capnp::Error::failed(e.to_string()))?
+            {
                 Which::Ok(r) => {
                     let r = r?;
-                    Ok((api::read_put_response(r)?, api::read_header(r.get_header()?)))
+                    Ok((
+                        api::read_put_response(r)?,
+                        api::read_header(r.get_header()?),
+                    ))
                 }
                 Which::Err(e) => Err(ClientError::Server(api::read_error(e?)?)),
             }
@@ -364,16 +408,27 @@ impl Client {
     }
 
     /// A delete-range request.
-    pub async fn delete_range(&self, req: DeleteRangeRequest) -> Result<(DeleteRangeResponse, Header)> {
+    pub async fn delete_range(
+        &self,
+        req: DeleteRangeRequest,
+    ) -> Result<(DeleteRangeResponse, Header)> {
         self.call(async |c| {
             let mut q = c.kv.delete_range_request();
             api::write_delete_request(&req, q.get().init_request());
             let reply = q.send().promise.await?;
             use crate::generated::rpc_capnp::delete_range_result::Which;
-            match reply.get()?.get_result()?.which().map_err(|e| capnp::Error::failed(e.to_string()))? {
+            match reply
+                .get()?
+                .get_result()?
+                .which()
+                .map_err(|e| capnp::Error::failed(e.to_string()))?
+            {
                 Which::Ok(r) => {
                     let r = r?;
-                    Ok((api::read_delete_response(r)?, api::read_header(r.get_header()?)))
+                    Ok((
+                        api::read_delete_response(r)?,
+                        api::read_header(r.get_header()?),
+                    ))
                 }
                 Which::Err(e) => Err(ClientError::Server(api::read_error(e?)?)),
             }
@@ -389,10 +444,18 @@ impl Client {
             api::write_txn_request(&req, q.get().init_request());
             let reply = q.send().promise.await?;
             use crate::generated::rpc_capnp::txn_result::Which;
-            match reply.get()?.get_result()?.which().map_err(|e| capnp::Error::failed(e.to_string()))? {
+            match reply
+                .get()?
+                .get_result()?
+                .which()
+                .map_err(|e| capnp::Error::failed(e.to_string()))?
+            {
                 Which::Ok(r) => {
                     let r = r?;
-                    Ok((api::read_txn_response(r)?, api::read_header(r.get_header()?)))
+                    Ok((
+                        api::read_txn_response(r)?,
+                        api::read_header(r.get_header()?),
+                    ))
                 }
                 Which::Err(e) => Err(ClientError::Server(api::read_error(e?)?)),
             }
@@ -409,7 +472,12 @@ impl Client {
             r.set_physical(physical);
             let reply = q.send().promise.await?;
             use crate::generated::rpc_capnp::compaction_result::Which;
-            match reply.get()?.get_result()?.which().map_err(|e| capnp::Error::failed(e.to_string()))? {
+            match reply
+                .get()?
+                .get_result()?
+                .which()
+                .map_err(|e| capnp::Error::failed(e.to_string()))?
+            {
                 Which::Ok(r) => Ok(api::read_header(r?.get_header()?)),
                 Which::Err(e) => Err(ClientError::Server(api::read_error(e?)?)),
             }
@@ -422,16 +490,27 @@ impl Client {
         self.call(async |c| {
             let reply = c.maintenance.status_request().send().promise.await?;
             use crate::generated::rpc_capnp::status_result::Which;
-            match reply.get()?.get_result()?.which().map_err(|e| capnp::Error::failed(e.to_string()))? {
+            match reply
+                .get()?
+                .get_result()?
+                .which()
+                .map_err(|e| capnp::Error::failed(e.to_string()))?
+            {
                 Which::Ok(s) => {
                     let s = s?;
                     let mut errors = Vec::new();
                     for e in s.get_errors()?.iter() {
-                        errors.push(e?.to_string().map_err(|e| ClientError::Transport(e.to_string()))?);
+                        errors.push(
+                            e?.to_string()
+                                .map_err(|e| ClientError::Transport(e.to_string()))?,
+                        );
                     }
                     Ok(Status {
                         header: api::read_header(s.get_header()?),
-                        version: s.get_version()?.to_string().map_err(|e| ClientError::Transport(e.to_string()))?,
+                        version: s
+                            .get_version()?
+                            .to_string()
+                            .map_err(|e| ClientError::Transport(e.to_string()))?,
                         db_size: s.get_db_size(),
                         db_size_in_use: s.get_db_size_in_use(),
                         leader: s.get_leader(),

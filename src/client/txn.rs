@@ -54,7 +54,11 @@ fn compare(key: impl Into<Vec<u8>>, result: CompareResult, target: CompareTarget
 
 impl Compare {
     /// Compares the key's value.
-    pub fn value(key: impl Into<Vec<u8>>, result: CompareResult, value: impl Into<Vec<u8>>) -> Compare {
+    pub fn value(
+        key: impl Into<Vec<u8>>,
+        result: CompareResult,
+        value: impl Into<Vec<u8>>,
+    ) -> Compare {
         compare(key, result, CompareTarget::Value(value.into()))
     }
     /// Compares the key's version (0: absent).

@@ -559,7 +559,8 @@ fn branch_writes(ops: &[RequestOp]) -> Result<(Vec<Vec<u8>>, Vec<DeletedRange>)>
         dels.iter().any(|(start, end)| end.contains(start, key))
     };
     let mut puts: Vec<Vec<u8>> = Vec::new();
-    let mut nested_dels = Vec::new();
+    // Nested transactions in order: each one's deletes join the set before the next one's
+    // puts are checked (etcd's checkIntervals).
     for op in ops {
         let RequestOp::Txn(nested) = op else { continue };
         let (puts_then, dels_then) = branch_writes(&nested.success)?;
@@ -577,10 +578,9 @@ fn branch_writes(ops: &[RequestOp]) -> Result<(Vec<Vec<u8>>, Vec<DeletedRange>)>
         }
         puts.extend(puts_then);
         puts.extend(puts_else);
-        nested_dels.extend(dels_then);
-        nested_dels.extend(dels_else);
+        dels.extend(dels_then);
+        dels.extend(dels_else);
     }
-    dels.extend(nested_dels);
     for op in ops {
         let RequestOp::Put(p) = op else { continue };
         if puts.contains(&p.key) || deleted(&dels, &p.key) {

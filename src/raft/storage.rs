@@ -30,8 +30,10 @@ pub struct LogStore {
 impl LogStore {
     /// An empty log for a cluster whose only voter is `member_id`.
     pub fn new(member_id: u64) -> LogStore {
-        let mut conf_state = ConfState::default();
-        conf_state.voters = vec![member_id];
+        let conf_state = ConfState {
+            voters: vec![member_id],
+            ..ConfState::default()
+        };
         LogStore {
             hard_state: HardState::default(),
             conf_state,
@@ -49,10 +51,12 @@ impl LogStore {
                 if index <= self.snapshot_index {
                     return; // covered by a later-written snapshot marker's state
                 }
-                let mut e = Entry::default();
-                e.index = index;
-                e.term = term;
-                e.data = data.into();
+                let e = Entry {
+                    index,
+                    term,
+                    data: data.into(),
+                    ..Entry::default()
+                };
                 self.append(&[e]);
             }
             Record::HardState { term, vote, commit } => {
@@ -246,11 +250,12 @@ mod tests {
     use super::*;
 
     fn entry(index: u64, term: u64) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = term;
-        e.data = vec![index as u8].into();
-        e
+        Entry {
+            index,
+            term,
+            data: vec![index as u8].into(),
+            ..Entry::default()
+        }
     }
 
     #[test]

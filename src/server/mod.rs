@@ -92,7 +92,10 @@ pub fn start(config: Config) -> Result<RunningServer, String> {
                         return Err(e);
                     }
                 };
-                let addrs = listeners.iter().map(|l| l.local_addr().expect("bound listener has an address")).collect();
+                let addrs = listeners
+                    .iter()
+                    .map(|l| l.local_addr().expect("bound listener has an address"))
+                    .collect();
                 let raft_task = glommio::spawn_local(raft.run(raft_rx, raft_stop_rx));
                 let ctx = Rc::new(ShardContext {
                     shard: 0,
@@ -102,7 +105,11 @@ pub fn start(config: Config) -> Result<RunningServer, String> {
                     ids,
                     max_request_bytes: config.max_request_bytes,
                 });
-                let _ = ready_tx.send(Ok(RaftShardReady { reader, shared, addrs }));
+                let _ = ready_tx.send(Ok(RaftShardReady {
+                    reader,
+                    shared,
+                    addrs,
+                }));
                 serve(listeners, ctx, config.max_request_bytes, stop0_rx).await;
                 raft_task.await
             })
@@ -169,7 +176,10 @@ impl RunningServer {
         }
         let mut first_error = None;
         for t in self.threads.drain(..) {
-            let r = t.join().map_err(|e| format!("shard thread: {e}")).and_then(|r| r);
+            let r = t
+                .join()
+                .map_err(|e| format!("shard thread: {e}"))
+                .and_then(|r| r);
             if let Err(e) = r {
                 first_error.get_or_insert(e);
             }
@@ -186,7 +196,12 @@ fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, String> {
 }
 
 /// Accepts connections on `listeners` until `stop` fires, then cancels the connections.
-async fn serve(listeners: Vec<TcpListener>, ctx: Rc<ShardContext>, max_request_bytes: usize, stop: oneshot::Receiver<()>) {
+async fn serve(
+    listeners: Vec<TcpListener>,
+    ctx: Rc<ShardContext>,
+    max_request_bytes: usize,
+    stop: oneshot::Receiver<()>,
+) {
     let live = Rc::new(std::cell::Cell::new(0usize));
     // Live connection tasks by id; each removes itself when its connection ends, so
     // shutdown can cancel exactly the ones still running.
@@ -227,7 +242,8 @@ async fn serve(listeners: Vec<TcpListener>, ctx: Rc<ShardContext>, max_request_b
                         Side::Server,
                         options,
                     );
-                    let bootstrap: core_kv::Client = capnp_rpc::new_client(CoreKvService::new(ctx.clone()));
+                    let bootstrap: core_kv::Client =
+                        capnp_rpc::new_client(CoreKvService::new(ctx.clone()));
                     let rpc = RpcSystem::new(Box::new(network), Some(bootstrap.client));
                     let live = live.clone();
                     let id = next_connection.get();

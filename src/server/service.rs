@@ -15,7 +15,9 @@ use futures::channel::oneshot;
 use crate::api::{self, Header};
 use crate::backend::Reader;
 use crate::generated::rpc_capnp::{core_kv, k_v, maintenance};
-use crate::mvcc::{self, Error, ErrorCode, RangeRequest, Revision, SnapshotView, WriteRequest, WriteResponse};
+use crate::mvcc::{
+    self, Error, ErrorCode, RangeRequest, Revision, SnapshotView, WriteRequest, WriteResponse,
+};
 use crate::raft::{Ids, NodeStatus, ProposeResult, RaftRequest, SharedState};
 
 /// Everything a shard's services need; one per shard, shared by its connections.
@@ -35,7 +37,10 @@ pub struct ShardContext {
 }
 
 fn unavailable() -> Error {
-    Error::new(ErrorCode::Unavailable, "the raft shard is not running (server shutting down)")
+    Error::new(
+        ErrorCode::Unavailable,
+        "the raft shard is not running (server shutting down)",
+    )
 }
 
 impl ShardContext {
@@ -50,7 +55,12 @@ impl ShardContext {
 
     /// Refuses a request whose encoding is larger than `--max-request-bytes`.
     fn check_size(&self, words: capnp::Result<capnp::MessageSize>) -> mvcc::Result<()> {
-        let words = words.map_err(|e| Error::new(ErrorCode::InvalidArgument, format!("malformed request: {e}")))?;
+        let words = words.map_err(|e| {
+            Error::new(
+                ErrorCode::InvalidArgument,
+                format!("malformed request: {e}"),
+            )
+        })?;
         let bytes = words.word_count as usize * 8;
         if bytes > self.max_request_bytes {
             return Err(Error::new(
@@ -84,7 +94,11 @@ impl ShardContext {
     }
 
     /// Proposes a write and waits until it is applied.
-    pub async fn write(&self, request: WriteRequest, wait_compaction: bool) -> (mvcc::Result<WriteResponse>, Header) {
+    pub async fn write(
+        &self,
+        request: WriteRequest,
+        wait_compaction: bool,
+    ) -> (mvcc::Result<WriteResponse>, Header) {
         let (tx, rx) = oneshot::channel();
         let sent = self
             .raft
@@ -99,7 +113,11 @@ impl ShardContext {
             Err(_) => None,
         };
         match outcome {
-            Some(ProposeResult { result, revision, term }) => {
+            Some(ProposeResult {
+                result,
+                revision,
+                term,
+            }) => {
                 let mut header = self.header(revision);
                 header.raft_term = term;
                 (result, header)
@@ -137,7 +155,9 @@ impl core_kv::Server for CoreKvService {
         _: core_kv::KvParams,
         mut results: core_kv::KvResults,
     ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
-        results.get().set_kv(capnp_rpc::new_client(KvService { ctx: self.ctx.clone() }));
+        results.get().set_kv(capnp_rpc::new_client(KvService {
+            ctx: self.ctx.clone(),
+        }));
         std::future::ready(Ok(()))
     }
 
@@ -148,7 +168,9 @@ impl core_kv::Server for CoreKvService {
     ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
         results
             .get()
-            .set_maintenance(capnp_rpc::new_client(MaintenanceService { ctx: self.ctx.clone() }));
+            .set_maintenance(capnp_rpc::new_client(MaintenanceService {
+                ctx: self.ctx.clone(),
+            }));
         std::future::ready(Ok(()))
     }
 }
@@ -159,147 +181,147 @@ struct KvService {
 }
 
 fn malformed(e: capnp::Error) -> Error {
-    Error::new(ErrorCode::InvalidArgument, format!("malformed request: {e}"))
+    Error::new(
+        ErrorCode::InvalidArgument,
+        format!("malformed request: {e}"),
+    )
 }
 
 impl k_v::Server for KvService {
-    fn range(
+    async fn range(
         self: Rc<Self>,
         params: k_v::RangeParams,
         mut results: k_v::RangeResults,
-    ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
-        async move {
-            let outcome = async {
-                let p = params.get().map_err(malformed)?;
-                self.ctx.check_size(p.total_size())?;
-                let req = api::read_range_request(p.get_request().map_err(malformed)?).map_err(malformed)?;
-                self.ctx.range(req).await
-            }
-            .await;
-            let r = results.get().init_result();
-            match outcome {
-                Ok((resp, header)) => {
-                    let mut ok = r.init_ok();
-                    api::write_header(&header, ok.reborrow().init_header());
-                    api::write_range_response(&resp, ok);
-                }
-                Err(e) => api::write_error(&e, r.init_err()),
-            }
-            Ok(())
+    ) -> Result<(), capnp::Error> {
+        let outcome = async {
+            let p = params.get().map_err(malformed)?;
+            self.ctx.check_size(p.total_size())?;
+            let req =
+                api::read_range_request(p.get_request().map_err(malformed)?).map_err(malformed)?;
+            self.ctx.range(req).await
         }
+        .await;
+        let r = results.get().init_result();
+        match outcome {
+            Ok((resp, header)) => {
+                let mut ok = r.init_ok();
+                api::write_header(&header, ok.reborrow().init_header());
+                api::write_range_response(&resp, ok);
+            }
+            Err(e) => api::write_error(&e, r.init_err()),
+        }
+        Ok(())
     }
 
-    fn put(
+    async fn put(
         self: Rc<Self>,
         params: k_v::PutParams,
         mut results: k_v::PutResults,
-    ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
-        async move {
-            let outcome = async {
-                let p = params.get().map_err(malformed)?;
-                self.ctx.check_size(p.total_size())?;
-                let req = api::read_put_request(p.get_request().map_err(malformed)?).map_err(malformed)?;
-                Ok::<_, Error>(self.ctx.write(WriteRequest::Put(req), false).await)
-            }
-            .await;
-            let r = results.get().init_result();
-            match outcome {
-                Ok((Ok(WriteResponse::Put(resp)), header)) => {
-                    let mut ok = r.init_ok();
-                    api::write_header(&header, ok.reborrow().init_header());
-                    api::write_put_response(&resp, ok);
-                }
-                Ok((Ok(other), _)) => api::write_error(&mismatched(&other), r.init_err()),
-                Ok((Err(e), _)) | Err(e) => api::write_error(&e, r.init_err()),
-            }
-            Ok(())
+    ) -> Result<(), capnp::Error> {
+        let outcome = async {
+            let p = params.get().map_err(malformed)?;
+            self.ctx.check_size(p.total_size())?;
+            let req =
+                api::read_put_request(p.get_request().map_err(malformed)?).map_err(malformed)?;
+            Ok::<_, Error>(self.ctx.write(WriteRequest::Put(req), false).await)
         }
+        .await;
+        let r = results.get().init_result();
+        match outcome {
+            Ok((Ok(WriteResponse::Put(resp)), header)) => {
+                let mut ok = r.init_ok();
+                api::write_header(&header, ok.reborrow().init_header());
+                api::write_put_response(&resp, ok);
+            }
+            Ok((Ok(other), _)) => api::write_error(&mismatched(&other), r.init_err()),
+            Ok((Err(e), _)) | Err(e) => api::write_error(&e, r.init_err()),
+        }
+        Ok(())
     }
 
-    fn delete_range(
+    async fn delete_range(
         self: Rc<Self>,
         params: k_v::DeleteRangeParams,
         mut results: k_v::DeleteRangeResults,
-    ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
-        async move {
-            let outcome = async {
-                let p = params.get().map_err(malformed)?;
-                self.ctx.check_size(p.total_size())?;
-                let req = api::read_delete_request(p.get_request().map_err(malformed)?).map_err(malformed)?;
-                Ok::<_, Error>(self.ctx.write(WriteRequest::DeleteRange(req), false).await)
-            }
-            .await;
-            let r = results.get().init_result();
-            match outcome {
-                Ok((Ok(WriteResponse::DeleteRange(resp)), header)) => {
-                    let mut ok = r.init_ok();
-                    api::write_header(&header, ok.reborrow().init_header());
-                    api::write_delete_response(&resp, ok);
-                }
-                Ok((Ok(other), _)) => api::write_error(&mismatched(&other), r.init_err()),
-                Ok((Err(e), _)) | Err(e) => api::write_error(&e, r.init_err()),
-            }
-            Ok(())
+    ) -> Result<(), capnp::Error> {
+        let outcome = async {
+            let p = params.get().map_err(malformed)?;
+            self.ctx.check_size(p.total_size())?;
+            let req =
+                api::read_delete_request(p.get_request().map_err(malformed)?).map_err(malformed)?;
+            Ok::<_, Error>(self.ctx.write(WriteRequest::DeleteRange(req), false).await)
         }
+        .await;
+        let r = results.get().init_result();
+        match outcome {
+            Ok((Ok(WriteResponse::DeleteRange(resp)), header)) => {
+                let mut ok = r.init_ok();
+                api::write_header(&header, ok.reborrow().init_header());
+                api::write_delete_response(&resp, ok);
+            }
+            Ok((Ok(other), _)) => api::write_error(&mismatched(&other), r.init_err()),
+            Ok((Err(e), _)) | Err(e) => api::write_error(&e, r.init_err()),
+        }
+        Ok(())
     }
 
-    fn txn(
+    async fn txn(
         self: Rc<Self>,
         params: k_v::TxnParams,
         mut results: k_v::TxnResults,
-    ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
-        async move {
-            let outcome = async {
-                let p = params.get().map_err(malformed)?;
-                self.ctx.check_size(p.total_size())?;
-                let req = api::read_txn_request(p.get_request().map_err(malformed)?).map_err(malformed)?;
-                Ok::<_, Error>(self.ctx.write(WriteRequest::Txn(req), false).await)
-            }
-            .await;
-            let r = results.get().init_result();
-            match outcome {
-                Ok((Ok(WriteResponse::Txn(resp)), header)) => {
-                    let mut ok = r.init_ok();
-                    api::write_header(&header, ok.reborrow().init_header());
-                    api::write_txn_response(&resp, &header, ok);
-                }
-                Ok((Ok(other), _)) => api::write_error(&mismatched(&other), r.init_err()),
-                Ok((Err(e), _)) | Err(e) => api::write_error(&e, r.init_err()),
-            }
-            Ok(())
+    ) -> Result<(), capnp::Error> {
+        let outcome = async {
+            let p = params.get().map_err(malformed)?;
+            self.ctx.check_size(p.total_size())?;
+            let req =
+                api::read_txn_request(p.get_request().map_err(malformed)?).map_err(malformed)?;
+            Ok::<_, Error>(self.ctx.write(WriteRequest::Txn(req), false).await)
         }
+        .await;
+        let r = results.get().init_result();
+        match outcome {
+            Ok((Ok(WriteResponse::Txn(resp)), header)) => {
+                let mut ok = r.init_ok();
+                api::write_header(&header, ok.reborrow().init_header());
+                api::write_txn_response(&resp, &header, ok);
+            }
+            Ok((Ok(other), _)) => api::write_error(&mismatched(&other), r.init_err()),
+            Ok((Err(e), _)) | Err(e) => api::write_error(&e, r.init_err()),
+        }
+        Ok(())
     }
 
-    fn compact(
+    async fn compact(
         self: Rc<Self>,
         params: k_v::CompactParams,
         mut results: k_v::CompactResults,
-    ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
-        async move {
-            let outcome = async {
-                let p = params.get().map_err(malformed)?;
-                let req = p.get_request().map_err(malformed)?;
-                let write = WriteRequest::Compact {
-                    revision: req.get_revision(),
-                };
-                Ok::<_, Error>(self.ctx.write(write, req.get_physical()).await)
-            }
-            .await;
-            let r = results.get().init_result();
-            match outcome {
-                Ok((Ok(WriteResponse::Compact), header)) => {
-                    api::write_header(&header, r.init_ok().init_header());
-                }
-                Ok((Ok(other), _)) => api::write_error(&mismatched(&other), r.init_err()),
-                Ok((Err(e), _)) | Err(e) => api::write_error(&e, r.init_err()),
-            }
-            Ok(())
+    ) -> Result<(), capnp::Error> {
+        let outcome = async {
+            let p = params.get().map_err(malformed)?;
+            let req = p.get_request().map_err(malformed)?;
+            let write = WriteRequest::Compact {
+                revision: req.get_revision(),
+            };
+            Ok::<_, Error>(self.ctx.write(write, req.get_physical()).await)
         }
+        .await;
+        let r = results.get().init_result();
+        match outcome {
+            Ok((Ok(WriteResponse::Compact), header)) => {
+                api::write_header(&header, r.init_ok().init_header());
+            }
+            Ok((Ok(other), _)) => api::write_error(&mismatched(&other), r.init_err()),
+            Ok((Err(e), _)) | Err(e) => api::write_error(&e, r.init_err()),
+        }
+        Ok(())
     }
 }
 
 fn mismatched(resp: &WriteResponse) -> Error {
-    Error::new(ErrorCode::Internal, format!("applier answered with the wrong kind of response: {resp:?}"))
+    Error::new(
+        ErrorCode::Internal,
+        format!("applier answered with the wrong kind of response: {resp:?}"),
+    )
 }
 
 /// The Maintenance service.
@@ -308,32 +330,30 @@ struct MaintenanceService {
 }
 
 impl maintenance::Server for MaintenanceService {
-    fn status(
+    async fn status(
         self: Rc<Self>,
         _: maintenance::StatusParams,
         mut results: maintenance::StatusResults,
-    ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
-        async move {
-            let outcome = self.ctx.status().await;
-            let r = results.get().init_result();
-            match outcome {
-                Ok(s) => {
-                    let mut ok = r.init_ok();
-                    let mut header = self.ctx.header(s.revision);
-                    header.raft_term = s.raft_term;
-                    api::write_header(&header, ok.reborrow().init_header());
-                    ok.set_version(env!("CARGO_PKG_VERSION"));
-                    ok.set_db_size(s.db_size as i64);
-                    ok.set_db_size_in_use(s.db_size_in_use as i64);
-                    ok.set_leader(s.leader);
-                    ok.set_raft_index(s.raft_index);
-                    ok.set_raft_term(s.raft_term);
-                    ok.set_raft_applied_index(s.applied_index);
-                    ok.set_is_learner(false);
-                }
-                Err(e) => api::write_error(&e, r.init_err()),
+    ) -> Result<(), capnp::Error> {
+        let outcome = self.ctx.status().await;
+        let r = results.get().init_result();
+        match outcome {
+            Ok(s) => {
+                let mut ok = r.init_ok();
+                let mut header = self.ctx.header(s.revision);
+                header.raft_term = s.raft_term;
+                api::write_header(&header, ok.reborrow().init_header());
+                ok.set_version(env!("CARGO_PKG_VERSION"));
+                ok.set_db_size(s.db_size as i64);
+                ok.set_db_size_in_use(s.db_size_in_use as i64);
+                ok.set_leader(s.leader);
+                ok.set_raft_index(s.raft_index);
+                ok.set_raft_term(s.raft_term);
+                ok.set_raft_applied_index(s.applied_index);
+                ok.set_is_learner(false);
             }
-            Ok(())
+            Err(e) => api::write_error(&e, r.init_err()),
         }
+        Ok(())
     }
 }

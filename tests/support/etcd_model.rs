@@ -369,7 +369,6 @@ fn branch_is_unique(ops: &[RequestOp]) -> bool {
         let hit =
             |dels: &[(Vec<u8>, Vec<u8>)], k: &[u8]| dels.iter().any(|(s, e)| in_range(s, e, k));
         let mut puts: Vec<Vec<u8>> = vec![];
-        let mut child_dels = vec![];
         for op in ops {
             if let RequestOp::Txn(n) = op {
                 let (pt, dt) = writes(&n.success)?;
@@ -386,11 +385,11 @@ fn branch_is_unique(ops: &[RequestOp]) -> bool {
                 }
                 puts.extend(pt);
                 puts.extend(pe);
-                child_dels.extend(dt);
-                child_dels.extend(de);
+                // A later nested txn may not put what an earlier one deletes.
+                dels.extend(dt);
+                dels.extend(de);
             }
         }
-        dels.extend(child_dels);
         for op in ops {
             if let RequestOp::Put(p) = op {
                 if puts.contains(&p.key) || hit(&dels, &p.key) {
