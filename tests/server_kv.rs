@@ -313,13 +313,11 @@ fn kv_requests_follow_etcd_semantics() {
     });
 
     // Restart on the same data dir continues where it stopped.
-    let data_dir = srv.data_dir.clone();
     let last = with_client(&srv.endpoint(), async |c| {
         c.get("foo").await.unwrap().unwrap()
     });
-    assert!(srv.stop(), "clean shutdown");
-    let srv2 = ServerProcess::start_in(&data_dir, &[]);
-    with_client(&srv2.endpoint(), async move |c| {
+    srv.restart(&[]);
+    with_client(&srv.endpoint(), async move |c| {
         assert_eq!(c.get("foo").await.unwrap().unwrap(), last);
         let rev = c.put_kv("after", "restart").await.unwrap();
         assert_eq!(
@@ -328,7 +326,6 @@ fn kv_requests_follow_etcd_semantics() {
             "revisions continue (nested put came after foo)"
         );
     });
-    drop(srv);
 }
 
 #[test]

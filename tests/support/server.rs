@@ -78,6 +78,24 @@ impl ServerProcess {
         }
     }
 
+    /// Stops the server (SIGTERM, clean) and starts it again on the same data dir, which this
+    /// value keeps owning. Panics if the clean stop fails.
+    pub fn restart(&mut self, extra_args: &[&str]) {
+        assert!(self.stop(), "clean shutdown before restart");
+        self.start_again(extra_args);
+    }
+
+    /// Starts a new process on the same data dir after `stop` or `kill`.
+    pub fn start_again(&mut self, extra_args: &[&str]) {
+        assert!(
+            self.child.is_none(),
+            "the previous process is still running"
+        );
+        let mut fresh = ServerProcess::start_in(&self.data_dir, extra_args);
+        self.child = fresh.child.take();
+        self.addr = fresh.addr;
+    }
+
     /// The endpoint string for clients.
     pub fn endpoint(&self) -> String {
         self.addr.to_string()
