@@ -50,7 +50,7 @@ fn acknowledged_writes_survive_sigkill() {
                                 ..ClientOptions::default()
                             };
                             let client = std::rc::Rc::new(
-                                Client::connect(&[endpoint.clone()], options, Glommio)
+                                Client::connect(std::slice::from_ref(&endpoint), options, Glommio)
                                     .await
                                     .unwrap(),
                             );
