@@ -347,3 +347,70 @@ fn client_works_from_a_tokio_local_set() {
         assert_eq!((kv.value.as_slice(), kv.mod_revision), (&b"works"[..], rev));
     });
 }
+
+#[test]
+fn linearizable_reads_see_acknowledged_writes_from_every_shard() {
+    // More shards than cores: connections spread over every shard by SO_REUSEPORT.
+    let srv = ServerProcess::start(&["--shards", "4"]);
+    let endpoint = srv.endpoint();
+    with_client(&srv.endpoint(), async move |writer| {
+        let mut readers = Vec::new();
+        for _ in 0..16 {
+            readers.push(
+                corekv::client::Client::connect(
+                    std::slice::from_ref(&endpoint),
+                    Default::default(),
+                    corekv::client::Glommio,
+                )
+                .await
+                .unwrap(),
+            );
+        }
+        for i in 0..50 {
+            let rev = writer.put_kv("lin", format!("{i}")).await.unwrap();
+            for r in &readers {
+                // Linearizable (the default): an acknowledged write is visible on any shard.
+                let kv = r.get("lin").await.unwrap().unwrap();
+                assert!(
+                    kv.mod_revision >= rev,
+                    "read on another connection saw revision {} < acked {rev}",
+                    kv.mod_revision
+                );
+            }
+        }
+    });
+}
+
+#[test]
+fn quota_refuses_growth_but_allows_deletes_and_compaction() {
+    let srv = ServerProcess::start(&["--quota-backend-bytes", "262144"]);
+    with_client(&srv.endpoint(), async |c| {
+        let value = vec![b'x'; 16 * 1024];
+        let mut stored = 0;
+        let err = loop {
+            match c.put_kv(format!("big/{stored:04}"), value.clone()).await {
+                Ok(_) => stored += 1,
+                Err(e) => break e,
+            }
+            assert!(stored < 1000, "the quota never triggered");
+        };
+        match err {
+            ClientError::Server(e) => {
+                assert_eq!(e.code, ErrorCode::NoSpace);
+                assert!(e.message.contains("--quota-backend-bytes"), "{}", e.message);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Deletes and compaction still work, so space can be reclaimed.
+        let (d, h) = c
+            .delete_range(DeleteRangeRequest {
+                key: b"big/".to_vec(),
+                range_end: prefix_end(b"big/"),
+                prev_kv: false,
+            })
+            .await
+            .unwrap();
+        assert_eq!(d.deleted, stored);
+        c.compact(h.revision, true).await.unwrap();
+    });
+}

@@ -4,12 +4,13 @@
 //! next to the others but is written independently.
 
 mod backend;
+mod server;
 mod wal;
 
 use std::process::ExitCode;
 
 fn usage() -> &'static str {
-    "usage: corekv-bench <backend|wal> [options]   (corekv-bench <cmd> --help for options)"
+    "usage: corekv-bench <put|range|backend|wal> [options]   (corekv-bench <cmd> --help for options)"
 }
 
 fn main() -> ExitCode {
@@ -20,6 +21,7 @@ fn main() -> ExitCode {
     };
     let rest: Vec<String> = args.collect();
     let result = match cmd.as_str() {
+        "put" | "range" => server::run(&cmd, &rest),
         "backend" => backend::run(&rest),
         "wal" => wal::run(&rest),
         "-h" | "--help" | "help" => {
