@@ -9,7 +9,8 @@ use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use glommio::io::{Directory, DmaFile};
-use glommio::task::JoinHandle;
+use glommio::sync::Semaphore;
+use glommio::Task;
 
 use super::format::{
     self, align_down, align_up, BLOCK_SIZE, FLAG_FIRST_IN_WRITE, FLAG_LAST_IN_BATCH,
@@ -84,8 +85,8 @@ pub struct Inner {
     queue: RefCell<Queue>,
     pub(crate) stats: RefCell<WalStats>,
     pub(crate) segments: SegmentList,
-    /// Serializes releases (each deletion is fsynced before the next).
-    releasing: RefCell<bool>,
+    /// Serializes releases, so each deletion is durable before the next one starts.
+    releasing: Semaphore,
 }
 
 impl Inner {
@@ -102,7 +103,7 @@ impl Inner {
             queue: RefCell::new(Queue::default()),
             stats: RefCell::new(WalStats::default()),
             segments: RefCell::new(segments),
-            releasing: RefCell::new(false),
+            releasing: Semaphore::new(1),
         }
     }
 
@@ -154,6 +155,8 @@ impl Inner {
     async fn wait_for_work(&self) -> Option<usize> {
         poll_fn(|cx| {
             let mut q = self.queue.borrow_mut();
+            // Invariant: an appender only waits for room while something is ready to write.
+            debug_assert!(q.blocked.is_empty() || !q.ready.is_empty());
             if let Some(p) = q.ready.front() {
                 Poll::Ready(Some(p.bytes))
             } else if q.closing || q.failed.is_some() {
@@ -193,14 +196,12 @@ impl Inner {
     }
 
     pub(crate) async fn release(&self, index: u64) -> Result<usize, WalError> {
-        if std::mem::replace(&mut *self.releasing.borrow_mut(), true) {
-            return Err(WalError::InvalidBatch(
-                "release is already running on this WAL".into(),
-            ));
-        }
-        let r = self.release_inner(index).await;
-        *self.releasing.borrow_mut() = false;
-        r
+        let _permit = self
+            .releasing
+            .acquire_permit(1)
+            .await
+            .map_err(|_| WalError::Closed)?;
+        self.release_inner(index).await
     }
 
     async fn release_inner(&self, index: u64) -> Result<usize, WalError> {
@@ -325,37 +326,26 @@ pub async fn run(inner: Rc<Inner>, mut st: WriterState) {
             }
         }
     }
-    // Dropping `next` cancels an unfinished preparation; its `.prep` file is removed on the
+    // Dropping the task cancels an unfinished preparation; its `.prep` file is removed on the
     // next open.
     drop(next);
 }
 
-fn spawn_prepare(inner: &Rc<Inner>, seq: u64) -> JoinHandle<Result<Prepared, WalError>> {
+fn spawn_prepare(inner: &Rc<Inner>, seq: u64) -> Task<Result<Prepared, WalError>> {
     let dir = inner.dir.clone();
     let size = inner.opts.segment_size;
     let mode = inner.opts.preallocate;
-    glommio::spawn_local(async move { segment::prepare(&dir, seq, size, mode).await }).detach()
+    glommio::spawn_local(async move { segment::prepare(&dir, seq, size, mode).await })
 }
 
 async fn rollover(
     inner: &Rc<Inner>,
     st: &mut WriterState,
-    next: &mut Option<JoinHandle<Result<Prepared, WalError>>>,
+    next: &mut Option<Task<Result<Prepared, WalError>>>,
 ) -> Result<(), WalError> {
     let seq = st.active.seq + 1;
     let prepared = match next.take() {
-        Some(h) => match h.await {
-            Some(r) => r?,
-            None => {
-                segment::prepare(
-                    &inner.dir,
-                    seq,
-                    inner.opts.segment_size,
-                    inner.opts.preallocate,
-                )
-                .await?
-            }
-        },
+        Some(task) => task.await?,
         None => {
             segment::prepare(
                 &inner.dir,
