@@ -5,7 +5,7 @@ mod wal_support;
 
 use std::path::{Path, PathBuf};
 
-use corekv::wal::{Options, Record, WalError};
+use corekv::wal::{Options, Record, SegmentSummary, WalError};
 use wal_support::{entry, open_collect, run_fresh, small_opts, tempdir};
 
 /// Encoded size of an entry with `len` data bytes (mirrors FORMAT.md: 16-byte header,
@@ -302,4 +302,107 @@ fn release_deletes_exactly_the_segments_wholly_below_the_index() {
         });
         assert!(first_entry.unwrap() > target);
     });
+}
+
+/// Builds a log of 3000-byte entries spanning several segments; returns (records, segments).
+async fn multi_segment_log(path: &Path, opts: &Options) -> (Vec<Record>, Vec<SegmentSummary>) {
+    let (wal, _, _) = open_collect(path, opts.clone()).await.unwrap();
+    let mut recs = Vec::new();
+    for i in 1..=60u64 {
+        let r = entry(i, 3000);
+        wal.append(vec![r.clone()]).await.unwrap();
+        recs.push(r);
+    }
+    let segs = wal.segments();
+    assert!(segs.len() >= 3);
+    wal.close().await;
+    (recs, segs)
+}
+
+#[test]
+fn lost_tail_of_a_sealed_segment_is_detected() {
+    let dir = tempdir();
+    let path = dir.path().to_path_buf();
+    run_fresh(move || async move {
+        let opts = small_opts(64 << 10);
+        let (recs, segs) = multi_segment_log(&path, &opts).await;
+        let first = segs[0].path.clone();
+        let pristine = std::fs::read(&first).unwrap();
+        let rec_len = entry_encoded_len(3000);
+        let n_first = ((pristine.len() as u64 - HEADER_BLOCK) / rec_len) as usize;
+        // Zero the last record of segment 1: it now ends cleanly one record early, which only
+        // the next segment's segment-start record can reveal.
+        let cut = HEADER_BLOCK + (n_first as u64 - 1) * rec_len;
+        let mut b = pristine.clone();
+        b[cut as usize..].fill(0);
+        std::fs::write(&first, &b).unwrap();
+        match open_collect(&path, opts.clone()).await {
+            Err(WalError::Corrupt {
+                path: p,
+                offset,
+                reason,
+            }) => {
+                assert_eq!((p, offset), (first.clone(), cut));
+                assert!(reason.contains("missing"), "{reason}");
+            }
+            Err(e) => panic!("expected Corrupt, got {e}"),
+            Ok((_, got, _)) => panic!("lost tail accepted ({} records)", got.len()),
+        }
+        // A truncated sealed segment is reported too.
+        std::fs::write(&first, &pristine[..cut as usize]).unwrap();
+        assert!(matches!(
+            open_collect(&path, opts.clone()).await,
+            Err(WalError::Corrupt { path: p, .. }) if p == first
+        ));
+        // Repair keeps segment 1's surviving records and drops the later segments.
+        std::fs::write(&first, &b).unwrap();
+        let repair = Options {
+            repair_truncate_corrupt_tail: true,
+            ..opts.clone()
+        };
+        let (wal, got, info) = open_collect(&path, repair).await.unwrap();
+        assert_eq!(indexes(&got), indexes(&recs[..n_first - 1]));
+        assert_eq!(got, recs[..n_first - 1].to_vec());
+        assert_eq!(info.repaired, Some((first.clone(), cut, segs.len() - 1)));
+        wal.close().await;
+    });
+}
+
+#[test]
+fn torn_first_write_of_a_new_segment_recovers_and_continues() {
+    let dir = tempdir();
+    let path = dir.path().to_path_buf();
+    run_fresh(move || async move {
+        let opts = small_opts(64 << 10);
+        let (recs, segs) = multi_segment_log(&path, &opts).await;
+        let last = segs.last().unwrap().path.clone();
+        let pristine = std::fs::read(&last).unwrap();
+        // Entries are 1..=60 in order: the last segment holds those above the previous max.
+        let before = segs[segs.len() - 2].max_index.unwrap() as usize;
+        // Leave only the first 100 bytes of the last segment's first write: a torn write that
+        // never completed its fdatasync.
+        let mut b = pristine.clone();
+        b[HEADER_BLOCK as usize + 100..].fill(0);
+        std::fs::write(&last, &b).unwrap();
+        let (wal, got, info) = open_collect(&path, opts.clone()).await.unwrap();
+        let keep = before;
+        assert_eq!(indexes(&got), indexes(&recs[..keep]));
+        assert_eq!(got, recs[..keep].to_vec());
+        assert!(info.tail_bytes_zeroed > 0);
+        // The fresh segment gets its segment-start record on the next write and verifies.
+        wal.append(vec![entry(500, 10)]).await.unwrap();
+        wal.close().await;
+        drop(wal);
+        let (_wal, got, info) = open_collect(&path, opts).await.unwrap();
+        let mut want = recs[..keep].to_vec();
+        want.push(entry(500, 10));
+        assert_eq!(indexes(&got), indexes(&want));
+        assert_eq!(got, want);
+        assert_eq!(info.tail_bytes_zeroed, 0);
+    });
+}
+
+/// Entry indexes, for readable assertion failures.
+fn indexes(v: &[Record]) -> Vec<u64> {
+    v.iter().filter_map(Record::index).collect()
 }

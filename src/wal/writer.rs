@@ -277,6 +277,25 @@ pub struct WriterState {
     pub highest_index: Option<u64>,
     /// `first_index` of the active segment.
     pub active_first_index: u64,
+    /// `(seq, end)` of the previous segment, written as the segment-start record when the
+    /// active segment receives its first write (`None` for the first segment of a log).
+    pub seal: Option<(u64, u64)>,
+}
+
+impl WriterState {
+    /// Bytes that open the active segment before the first appended batch (0 unless fresh).
+    fn opening_bytes(&self) -> u64 {
+        if self.active.pos != SEGMENT_HEADER_SIZE {
+            return 0;
+        }
+        let seal = if self.seal.is_some() {
+            format::SEGMENT_START_LEN
+        } else {
+            0
+        };
+        let carry: usize = self.carry.records().iter().map(format::encoded_len).sum();
+        (seal + carry) as u64
+    }
 }
 
 /// The writer task: takes every queued batch, writes them with one O_DIRECT write and one
@@ -285,32 +304,18 @@ pub struct WriterState {
 pub async fn run(inner: Rc<Inner>, mut st: WriterState) {
     let mut next = Some(spawn_prepare(&inner, st.active.seq + 1));
     while let Some(first_bytes) = inner.wait_for_work().await {
-        let fresh = st.active.pos == SEGMENT_HEADER_SIZE;
-        let carry_bytes: u64 = if fresh {
-            st.carry
-                .records()
-                .iter()
-                .map(|r| format::encoded_len(r) as u64)
-                .sum()
-        } else {
-            0
-        };
-        if st.active.pos + carry_bytes + first_bytes as u64 > st.active.size {
+        let opening = st.opening_bytes();
+        if st.active.pos + opening + first_bytes as u64 > st.active.size {
             if let Err(e) = rollover(&inner, &mut st, &mut next).await {
                 inner.fail(e.to_string());
                 break;
             }
             continue;
         }
-        let room = st.active.size - st.active.pos - carry_bytes;
+        let room = st.active.size - st.active.pos - opening;
         let group = inner.take_group(room);
         debug_assert!(!group.is_empty());
-        let carry = if fresh {
-            st.carry.records()
-        } else {
-            Vec::new()
-        };
-        match write_group(&inner, &mut st, &carry, &group).await {
+        match write_group(&inner, &mut st, &group).await {
             Ok(()) => {
                 for p in group {
                     p.done.complete(Ok(()));
@@ -370,6 +375,7 @@ async fn rollover(
         .sync()
         .await
         .map_err(|e| WalError::io("sync dir", &inner.dir, None, e))?;
+    st.seal = Some((st.active.seq, st.active.pos));
     let old = std::mem::replace(
         &mut st.active,
         Active {
@@ -397,15 +403,21 @@ async fn rollover(
 async fn write_group(
     inner: &Inner,
     st: &mut WriterState,
-    carry: &[Record],
     group: &[Pending],
 ) -> Result<(), WalError> {
+    let fresh = st.active.pos == SEGMENT_HEADER_SIZE;
+    let opening = st.opening_bytes() as usize;
+    let carry = if fresh {
+        st.carry.records()
+    } else {
+        Vec::new()
+    };
+    let seal = if fresh { st.seal } else { None };
     let a = &mut st.active;
     let start = align_down(a.pos, BLOCK_SIZE as u64);
     let tail_len = a.tail.len();
     debug_assert_eq!(start + tail_len as u64, a.pos);
-    let carry_bytes: usize = carry.iter().map(format::encoded_len).sum();
-    let new_bytes = carry_bytes + group.iter().map(|p| p.bytes).sum::<usize>();
+    let new_bytes = opening + group.iter().map(|p| p.bytes).sum::<usize>();
     let end = a.pos + new_bytes as u64;
     assert!(end <= a.size, "writer: group overruns the segment");
     let len = (align_up(end, BLOCK_SIZE as u64) - start) as usize;
@@ -415,6 +427,17 @@ async fn write_group(
     let mut off = tail_len;
     let mut first = true;
     let mut records = 0u64;
+    if let Some((prev_seq, prev_end)) = seal {
+        // Opens the segment's first write; ends the opening batch unless state records follow.
+        let mut flags = FLAG_FIRST_IN_WRITE;
+        if carry.is_empty() {
+            flags |= FLAG_LAST_IN_BATCH;
+        }
+        let n = format::SEGMENT_START_LEN;
+        format::encode_segment_start(prev_seq, prev_end, a.seq, flags, &mut b[off..off + n]);
+        off += n;
+        first = false;
+    }
     let mut emit = |batch: &[Record], b: &mut [u8], off: &mut usize| {
         for (i, r) in batch.iter().enumerate() {
             let n = format::encoded_len(r);
@@ -432,7 +455,7 @@ async fn write_group(
         }
     };
     if !carry.is_empty() {
-        emit(carry, b, &mut off);
+        emit(&carry, b, &mut off);
     }
     for p in group {
         emit(&p.records, b, &mut off);
@@ -473,7 +496,7 @@ async fn write_group(
     }
     let mut s = inner.stats.borrow_mut();
     s.records += records;
-    s.batches += group.len() as u64 + u64::from(!carry.is_empty());
+    s.batches += group.len() as u64 + u64::from(opening > 0);
     s.bytes += new_bytes as u64;
     s.bytes_written += len as u64;
     s.syncs += 1;
