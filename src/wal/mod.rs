@@ -45,6 +45,8 @@ pub const DEFAULT_SEGMENT_SIZE: u64 = 64 << 20;
 pub const DEFAULT_MAX_BATCH_BYTES: usize = 8 << 20;
 /// Default limit on bytes queued but not yet handed to a write: 32 MiB.
 pub const DEFAULT_MAX_QUEUED_BYTES: usize = 32 << 20;
+/// Upper bound for [`Options::max_queued_bytes`] (it sizes the DMA buffer of one group write).
+pub const MAX_QUEUED_BYTES_LIMIT: usize = 1 << 30;
 /// Name of the WAL directory inside the data directory.
 pub const WAL_DIR_NAME: &str = "wal";
 
@@ -160,9 +162,11 @@ impl Options {
                 self.max_batch_bytes, self.segment_size
             ));
         }
-        if self.max_queued_bytes < self.max_batch_bytes {
+        if self.max_queued_bytes < self.max_batch_bytes
+            || self.max_queued_bytes > MAX_QUEUED_BYTES_LIMIT
+        {
             return bad(format!(
-                "max_queued_bytes {} must be >= max_batch_bytes {}",
+                "max_queued_bytes {} must be in max_batch_bytes ({})..={MAX_QUEUED_BYTES_LIMIT}",
                 self.max_queued_bytes, self.max_batch_bytes
             ));
         }

@@ -107,6 +107,8 @@ pub struct WalStats {
     pub syncs: u64,
     /// Segment rollovers.
     pub rollovers: u64,
+    /// Segments prepared (preallocated) in the background since open.
+    pub segments_prepared: u64,
     /// Records per `fdatasync` (group size).
     pub records_per_sync: Pow2Histogram,
     /// Latency of the group `fdatasync` in microseconds.

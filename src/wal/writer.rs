@@ -337,10 +337,15 @@ pub async fn run(inner: Rc<Inner>, mut st: WriterState) {
 }
 
 fn spawn_prepare(inner: &Rc<Inner>, seq: u64) -> Task<Result<Prepared, WalError>> {
-    let dir = inner.dir.clone();
-    let size = inner.opts.segment_size;
-    let mode = inner.opts.preallocate;
-    glommio::spawn_local(async move { segment::prepare(&dir, seq, size, mode).await })
+    let inner = inner.clone();
+    glommio::spawn_local(async move {
+        let opts = &inner.opts;
+        let r = segment::prepare(&inner.dir, seq, opts.segment_size, opts.preallocate).await;
+        if r.is_ok() {
+            inner.stats.borrow_mut().segments_prepared += 1;
+        }
+        r
+    })
 }
 
 async fn rollover(
