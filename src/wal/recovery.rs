@@ -24,9 +24,13 @@ use super::{Options, Record, RecoveryInfo, SegmentSummary, WalError};
 /// read window.
 pub const READ_CHUNK: usize = 1 << 20;
 
+/// Everything recovery hands to the writer and the `Wal`.
 pub struct Recovered {
+    /// Live segments, oldest first.
     pub segments: VecDeque<SegmentSummary>,
+    /// Where and how appends continue.
     pub writer: WriterState,
+    /// What recovery found and did.
     pub info: RecoveryInfo,
 }
 
@@ -194,6 +198,8 @@ struct Verified {
     dirty: bool,
 }
 
+/// Reads, verifies and replays every segment in `dir`, repairs a torn tail, and returns the
+/// state appends continue from (creating the first segment of a new log).
 pub async fn recover(
     dir: &Path,
     dir_handle: &Directory,

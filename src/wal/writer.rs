@@ -79,11 +79,16 @@ struct Queue {
 
 /// State shared by the `Wal` handle, the writer task and release.
 pub struct Inner {
+    /// `<data-dir>/wal`.
     pub(crate) dir: PathBuf,
+    /// Open handle on `dir`, for fsyncs after renames and deletions.
     pub(crate) dir_handle: Directory,
+    /// Validated options.
     pub(crate) opts: Options,
     queue: RefCell<Queue>,
+    /// Counters since open.
     pub(crate) stats: RefCell<WalStats>,
+    /// Live segments, oldest first; the last is active.
     pub(crate) segments: SegmentList,
     /// Serializes releases, so each deletion is durable before the next one starts.
     releasing: Semaphore,
@@ -232,9 +237,13 @@ impl Inner {
 
 /// The segment being appended to.
 pub struct Active {
+    /// Open O_DIRECT read/write handle.
     pub file: DmaFile,
+    /// Its path (for error messages).
     pub path: PathBuf,
+    /// Its sequence number (salts every record's crcs).
     pub seq: u64,
+    /// Its size from the segment header: records must end at or before it.
     pub size: u64,
     /// Next record offset (8-aligned).
     pub pos: u64,
@@ -245,12 +254,16 @@ pub struct Active {
 /// Latest state records, repeated at the start of every new segment.
 #[derive(Default, Clone)]
 pub struct Carry {
+    /// Latest durable hard state.
     pub hard_state: Option<Record>,
+    /// Latest durable snapshot marker.
     pub snapshot: Option<Record>,
+    /// Latest durable metadata.
     pub metadata: Option<Record>,
 }
 
 impl Carry {
+    /// Remembers `r` if it is a state record (called in log order, for durable records only).
     pub fn observe(&mut self, r: &Record) {
         match r {
             Record::HardState { .. } => self.hard_state = Some(r.clone()),
@@ -271,7 +284,9 @@ impl Carry {
 
 /// Everything the writer needs from recovery.
 pub struct WriterState {
+    /// The segment being appended to.
     pub active: Active,
+    /// State records to repeat at the start of the next segment.
     pub carry: Carry,
     /// Highest entry/snapshot index written so far.
     pub highest_index: Option<u64>,
