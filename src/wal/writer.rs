@@ -383,7 +383,7 @@ async fn rollover(
     };
     debug_assert_eq!(prepared.seq, seq);
     let first_index = st.highest_index.map_or(st.active_first_index, |i| {
-        (i + 1).max(st.active_first_index)
+        i.saturating_add(1).max(st.active_first_index)
     });
     let path = inner.dir.join(format::segment_file_name(seq, first_index));
     glommio::io::rename(&prepared.path, &path)
