@@ -406,3 +406,48 @@ fn torn_first_write_of_a_new_segment_recovers_and_continues() {
 fn indexes(v: &[Record]) -> Vec<u64> {
     v.iter().filter_map(Record::index).collect()
 }
+
+#[test]
+fn torn_multi_block_write_is_cut_whole_and_its_remains_zeroed() {
+    let dir = tempdir();
+    let path = dir.path().to_path_buf();
+    run_fresh(move || async move {
+        let opts = small_opts(256 << 10);
+        let (wal, _, _) = open_collect(&path, opts.clone()).await.unwrap();
+        let a: Vec<Record> = (1..=3).map(|i| entry(i, 20)).collect();
+        wal.append(a.clone()).await.unwrap();
+        // One batch of three ~3 KB records: a single write spanning several blocks.
+        let b: Vec<Record> = (4..=6).map(|i| entry(i, 3000)).collect();
+        wal.append(b.clone()).await.unwrap();
+        let seg = wal.segments()[0].path.clone();
+        wal.close().await;
+        drop(wal);
+        let a_end = HEADER_BLOCK + a.iter().map(|_| entry_encoded_len(20)).sum::<u64>();
+        let b_second = a_end + entry_encoded_len(3000);
+        // Lose one block inside the batch's second record, as if that part of the write never
+        // reached the disk; the batch's first and third records survive.
+        let mut bytes = std::fs::read(&seg).unwrap();
+        let blk = (b_second / 4096 + 1) * 4096;
+        assert!(blk + 4096 < b_second + entry_encoded_len(3000) + 4096);
+        bytes[blk as usize..blk as usize + 4096].fill(0);
+        std::fs::write(&seg, &bytes).unwrap();
+
+        let (wal, got, info) = open_collect(&path, opts.clone()).await.unwrap();
+        assert_eq!(got, a, "a torn batch must vanish whole");
+        assert!(info.tail_bytes_zeroed > 0);
+        let after = std::fs::read(&seg).unwrap();
+        assert!(
+            after[a_end as usize..].iter().all(|&x| x == 0),
+            "remains of the torn write must be zeroed so they can never be mistaken for records"
+        );
+        let c = vec![entry(7, 5)];
+        wal.append(c.clone()).await.unwrap();
+        wal.close().await;
+        drop(wal);
+        let (_wal, got, info) = open_collect(&path, opts).await.unwrap();
+        let mut want = a.clone();
+        want.extend(c);
+        assert_eq!(got, want);
+        assert_eq!(info.tail_bytes_zeroed, 0);
+    });
+}
