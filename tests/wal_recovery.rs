@@ -451,3 +451,53 @@ fn torn_multi_block_write_is_cut_whole_and_its_remains_zeroed() {
         assert_eq!(info.tail_bytes_zeroed, 0);
     });
 }
+
+#[test]
+fn torn_tail_before_an_unused_published_segment_is_still_a_torn_tail() {
+    let dir = tempdir();
+    let path = dir.path().to_path_buf();
+    run_fresh(move || async move {
+        let opts = small_opts(64 << 10);
+        let (wal, _, _) = open_collect(&path, opts.clone()).await.unwrap();
+        let recs: Vec<Record> = (1..=5).map(|i| entry(i, 100)).collect();
+        for r in &recs {
+            wal.append(vec![r.clone()]).await.unwrap();
+        }
+        // Wait (bounded) until the next segment has been published ahead of need.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while wal.stats().segments_prepared == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no background preparation"
+            );
+            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        let active = wal.segments()[0].path.clone();
+        wal.close().await;
+        drop(wal);
+        let wal_files = |p: &Path| {
+            std::fs::read_dir(p.join("wal"))
+                .unwrap()
+                .filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .path()
+                        .extension()
+                        .is_some_and(|x| x == "wal")
+                })
+                .count()
+        };
+        assert_eq!(wal_files(&path), 2, "published-ahead segment is on disk");
+        // Tear the last record of the active segment.
+        let mut b = std::fs::read(&active).unwrap();
+        let last = HEADER_BLOCK + 4 * entry_encoded_len(100);
+        b[last as usize + 40] ^= 0xff;
+        std::fs::write(&active, &b).unwrap();
+        let (wal, got, info) = open_collect(&path, opts.clone()).await.unwrap();
+        assert_eq!(got, recs[..4].to_vec());
+        assert!(info.tail_bytes_zeroed > 0);
+        assert_eq!(wal.segments().len(), 1);
+        wal.append(vec![entry(9, 1)]).await.unwrap();
+        wal.close().await;
+    });
+}

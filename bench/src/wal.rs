@@ -138,6 +138,11 @@ struct Result1 {
     syncs: u64,
     p50_us: u64,
     p99_us: u64,
+    /// WAL runs: segment rollovers, how many waited for the background preparation, and the
+    /// longest time one held appends (µs).
+    rollovers: u64,
+    rollovers_waited: u64,
+    rollover_max_us: u64,
 }
 
 impl Result1 {
@@ -278,6 +283,9 @@ async fn raw(a: &Args, p: &Path) -> Result<Result1, String> {
         syncs: n,
         p50_us: h.value_at_quantile(0.5),
         p99_us: h.value_at_quantile(0.99),
+        rollovers: 0,
+        rollovers_waited: 0,
+        rollover_max_us: 0,
     })
 }
 
@@ -325,16 +333,23 @@ async fn naive(a: &Args, p: &Path, name: &str, rec: u64) -> Result<Result1, Stri
         syncs: n,
         p50_us: h.value_at_quantile(0.5),
         p99_us: h.value_at_quantile(0.99),
+        rollovers: 0,
+        rollovers_waited: 0,
+        rollover_max_us: 0,
     })
 }
 
 async fn wal(a: &Args, appenders: usize) -> Result<Result1, String> {
     let data_dir = a.dir.join("wal-data");
     let _ = std::fs::remove_dir_all(&data_dir);
+    let d = Options::default();
+    let max_batch_bytes = d.max_batch_bytes.min((a.segment_size / 2) as usize);
     let opts = Options {
         segment_size: a.segment_size,
         preallocate: a.preallocate,
-        ..Options::default()
+        max_batch_bytes,
+        max_queued_bytes: d.max_queued_bytes.max(max_batch_bytes),
+        ..d
     };
     let (wal, _) = Wal::open(&data_dir, opts, |_| {})
         .await
@@ -405,6 +420,9 @@ async fn wal(a: &Args, appenders: usize) -> Result<Result1, String> {
         syncs: s.syncs,
         p50_us: h.value_at_quantile(0.5),
         p99_us: h.value_at_quantile(0.99),
+        rollovers: s.rollovers,
+        rollovers_waited: s.rollovers_waited_for_prepare,
+        rollover_max_us: s.rollover_latency_us.max(),
     })
 }
 
@@ -425,8 +443,8 @@ fn report(a: &Args, reps: &[Vec<Result1>]) {
         for (ri, rs) in reps.iter().enumerate() {
             for r in rs {
                 println!(
-                    "{{\"rep\":{},\"name\":\"{}\",\"appenders\":{},\"records\":{},\"secs\":{:.3},\"records_per_sec\":{:.1},\"syncs\":{},\"records_per_sync\":{:.2},\"p50_us\":{},\"p99_us\":{}}}",
-                    ri + 1, r.name, r.appenders, r.records, r.secs, r.rate(), r.syncs, r.per_sync(), r.p50_us, r.p99_us
+                    "{{\"rep\":{},\"name\":\"{}\",\"appenders\":{},\"records\":{},\"secs\":{:.3},\"records_per_sec\":{:.1},\"syncs\":{},\"records_per_sync\":{:.2},\"p50_us\":{},\"p99_us\":{},\"rollovers\":{},\"rollovers_waited\":{},\"rollover_max_us\":{}}}",
+                    ri + 1, r.name, r.appenders, r.records, r.secs, r.rate(), r.syncs, r.per_sync(), r.p50_us, r.p99_us, r.rollovers, r.rollovers_waited, r.rollover_max_us
                 );
             }
         }
@@ -467,5 +485,20 @@ fn report(a: &Args, reps: &[Vec<Result1>]) {
             "| {} | {} | {:.0} | {:.1} | {:.0} | {:.0} | {} | {} |",
             r.name, r.appenders, rate, per, p50, p99, xn, xr
         );
+    }
+    for (i, r) in first.iter().enumerate() {
+        if r.name == "wal" {
+            let rolls: u64 = reps.iter().map(|rs| rs[i].rollovers).sum();
+            let waited: u64 = reps.iter().map(|rs| rs[i].rollovers_waited).sum();
+            let worst = reps
+                .iter()
+                .map(|rs| rs[i].rollover_max_us)
+                .max()
+                .unwrap_or(0);
+            println!(
+                "wal, {} appenders: {rolls} segment rollovers over all reps ({waited} waited for the background preparation), longest held appends {worst} µs",
+                r.appenders
+            );
+        }
     }
 }

@@ -207,6 +207,25 @@ pub async fn recover(
     replay: &mut dyn FnMut(Record),
 ) -> Result<Recovered, WalError> {
     let mut files = list_segments(dir)?;
+    // Segments published ahead by the background preparation that never received a record
+    // are not part of the log; drop them so the real last segment is treated as the last.
+    let mut dropped_unused = false;
+    while files.len() > 1 {
+        let last = files.last().expect("len > 1");
+        if !is_unused(&last.path, last.seq).await? {
+            break;
+        }
+        std::fs::remove_file(&last.path)
+            .map_err(|e| WalError::io("remove unused segment", &last.path, None, e))?;
+        files.pop();
+        dropped_unused = true;
+    }
+    if dropped_unused {
+        dir_handle
+            .sync()
+            .await
+            .map_err(|e| WalError::io("sync dir", dir, None, e))?;
+    }
     let mut info = RecoveryInfo::default();
     let mut carry = Carry::default();
     let mut highest_index: Option<u64> = None;
@@ -384,14 +403,8 @@ pub async fn recover(
         None => {
             // New log: the first segment, prepared synchronously.
             let p = segment::prepare(dir, 1, opts.segment_size, opts.preallocate).await?;
-            let path = dir.join(format::segment_file_name(1, 0));
-            glommio::io::rename(&p.path, &path)
-                .await
-                .map_err(|e| WalError::io("rename prepared segment", &p.path, None, e))?;
-            dir_handle
-                .sync()
-                .await
-                .map_err(|e| WalError::io("sync dir", dir, None, e))?;
+            let p = segment::publish(p, dir, dir_handle, 0).await?;
+            let path = p.path.clone();
             summaries.push_back(SegmentSummary {
                 seq: 1,
                 first_index: 0,
@@ -439,6 +452,38 @@ async fn delete_segments(
         .sync()
         .await
         .map_err(|e| WalError::io("sync dir", dir, None, e))
+}
+
+/// Whether a segment holds nothing but a valid header and zeros, at its full size: published
+/// ahead of need and never written to. Anything else is left to full verification.
+async fn is_unused(path: &Path, seq: u64) -> Result<bool, WalError> {
+    let file = open_rw(path).await?;
+    let r = is_unused_file(&file, path, seq).await;
+    let _ = file.close().await;
+    r
+}
+
+async fn is_unused_file(file: &DmaFile, path: &Path, seq: u64) -> Result<bool, WalError> {
+    let file_len = file
+        .file_size()
+        .await
+        .map_err(|e| WalError::io("stat segment", path, None, e))?;
+    if file_len < SEGMENT_HEADER_SIZE {
+        return Ok(false);
+    }
+    let hdr = {
+        let mut r = Reader::new(file, path, file_len, SEGMENT_HEADER_SIZE);
+        match format::decode_segment_header(r.get(0, BLOCK_SIZE).await?) {
+            Ok(h) => h,
+            Err(_) => return Ok(false),
+        }
+    };
+    if hdr.seq != seq || file_len != hdr.size {
+        return Ok(false);
+    }
+    let mut r = Reader::new(file, path, file_len, hdr.size);
+    let (_, dirty_end) = scan_rest(&mut r, seq, SEGMENT_HEADER_SIZE).await?;
+    Ok(dirty_end == 0)
 }
 
 /// Checks the first record of segment `seq` against the previous segment `(prev_seq,

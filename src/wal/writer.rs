@@ -1,6 +1,6 @@
 //! The append queue and the single writer task (group commit, rollover), and release.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::path::PathBuf;
@@ -90,6 +90,11 @@ pub struct Inner {
     pub(crate) stats: RefCell<WalStats>,
     /// Live segments, oldest first; the last is active.
     pub(crate) segments: SegmentList,
+    /// Highest entry/snapshot index made durable (mirrors the writer's), read by the
+    /// background preparation to name the next segment.
+    highest_index: Cell<Option<u64>>,
+    /// Largest `first_index` used in a segment name so far: names never go backwards.
+    name_floor: Cell<u64>,
     /// Serializes releases, so each deletion is durable before the next one starts.
     releasing: Semaphore,
 }
@@ -108,6 +113,8 @@ impl Inner {
             queue: RefCell::new(Queue::default()),
             stats: RefCell::new(WalStats::default()),
             segments: RefCell::new(segments),
+            highest_index: Cell::new(None),
+            name_floor: Cell::new(0),
             releasing: Semaphore::new(1),
         }
     }
@@ -290,7 +297,7 @@ pub struct WriterState {
     pub carry: Carry,
     /// Highest entry/snapshot index written so far.
     pub highest_index: Option<u64>,
-    /// `first_index` of the active segment.
+    /// `first_index` of the active segment (names of later segments are never below it).
     pub active_first_index: u64,
     /// `(seq, end)` of the previous segment, written as the segment-start record when the
     /// active segment receives its first write (`None` for the first segment of a log).
@@ -317,6 +324,8 @@ impl WriterState {
 /// fdatasync, resolves them; rolls over to the prepared segment when the next batch does not
 /// fit. Exits when closing and drained, or after a failure (failing everything queued).
 pub async fn run(inner: Rc<Inner>, mut st: WriterState) {
+    inner.highest_index.set(st.highest_index);
+    inner.name_floor.set(st.active_first_index);
     let mut next = Some(spawn_prepare(&inner, st.active.seq + 1));
     while let Some(first_bytes) = inner.wait_for_work().await {
         let opening = st.opening_bytes();
@@ -355,11 +364,18 @@ fn spawn_prepare(inner: &Rc<Inner>, seq: u64) -> Task<Result<Prepared, WalError>
     let inner = inner.clone();
     glommio::spawn_local(async move {
         let opts = &inner.opts;
-        let r = segment::prepare(&inner.dir, seq, opts.segment_size, opts.preallocate).await;
-        if r.is_ok() {
-            inner.stats.borrow_mut().segments_prepared += 1;
-        }
-        r
+        let p = segment::prepare(&inner.dir, seq, opts.segment_size, opts.preallocate).await?;
+        // Lower bound of the indexes the segment will hold (raft indexes only grow, except
+        // for overwrites after a leader change, which the name does not promise to cover).
+        let first_index = inner
+            .highest_index
+            .get()
+            .map_or(0, |h| h.saturating_add(1))
+            .max(inner.name_floor.get());
+        inner.name_floor.set(first_index);
+        let p = segment::publish(p, &inner.dir, &inner.dir_handle, first_index).await?;
+        inner.stats.borrow_mut().segments_prepared += 1;
+        Ok(p)
     })
 }
 
@@ -368,33 +384,22 @@ async fn rollover(
     st: &mut WriterState,
     next: &mut Option<Task<Result<Prepared, WalError>>>,
 ) -> Result<(), WalError> {
+    let t0 = Instant::now();
+    {
+        // Every rollover consumes one prepared segment.
+        let mut s = inner.stats.borrow_mut();
+        if s.segments_prepared <= s.rollovers {
+            s.rollovers_waited_for_prepare += 1;
+        }
+    }
     let seq = st.active.seq + 1;
     let prepared = match next.take() {
         Some(task) => task.await?,
-        None => {
-            segment::prepare(
-                &inner.dir,
-                seq,
-                inner.opts.segment_size,
-                inner.opts.preallocate,
-            )
-            .await?
-        }
+        // Only after a cancelled preparation; prepare in line.
+        None => spawn_prepare(inner, seq).await?,
     };
     debug_assert_eq!(prepared.seq, seq);
-    let first_index = st.highest_index.map_or(st.active_first_index, |i| {
-        i.saturating_add(1).max(st.active_first_index)
-    });
-    let path = inner.dir.join(format::segment_file_name(seq, first_index));
-    glommio::io::rename(&prepared.path, &path)
-        .await
-        .map_err(|e| WalError::io("rename prepared segment", &prepared.path, None, e))?;
-    // The rename must be durable before records in the new file are acknowledged.
-    inner
-        .dir_handle
-        .sync()
-        .await
-        .map_err(|e| WalError::io("sync dir", &inner.dir, None, e))?;
+    let (path, first_index) = (prepared.path.clone(), prepared.first_index);
     st.seal = Some((st.active.seq, st.active.pos));
     let old = std::mem::replace(
         &mut st.active,
@@ -415,7 +420,12 @@ async fn rollover(
         max_index: None,
         path,
     });
-    inner.stats.borrow_mut().rollovers += 1;
+    {
+        let mut s = inner.stats.borrow_mut();
+        s.rollovers += 1;
+        s.rollover_latency_us
+            .record(t0.elapsed().as_micros() as u64);
+    }
     *next = Some(spawn_prepare(inner, seq + 1));
     Ok(())
 }
@@ -509,6 +519,7 @@ async fn write_group(
     }
     if let Some(m) = max_index {
         st.highest_index = Some(st.highest_index.map_or(m, |h| h.max(m)));
+        inner.highest_index.set(st.highest_index);
         if let Some(s) = inner.segments.borrow_mut().back_mut() {
             debug_assert_eq!(s.seq, st.active.seq);
             s.max_index = Some(s.max_index.map_or(m, |x| x.max(m)));
