@@ -412,7 +412,11 @@ async fn rollover(
             tail: Vec::new(),
         },
     );
-    let _ = old.file.close().await;
+    // Closing is not needed before the next write; do not hold appends for it.
+    glommio::spawn_local(async move {
+        let _ = old.file.close().await;
+    })
+    .detach();
     st.active_first_index = first_index;
     inner.segments.borrow_mut().push_back(SegmentSummary {
         seq,
