@@ -2,8 +2,9 @@
 //!
 //! * Segments live in `<data-dir>/wal/` as `<seq:016x>-<first_index:016x>.wal`, each
 //!   preallocated to [`Options::segment_size`] (zero-filled by default so the hot path's
-//!   `fdatasync` never has to commit extent metadata). The next segment is prepared in the
-//!   background on the executor as soon as the previous one becomes active.
+//!   `fdatasync` never has to commit extent metadata). The next segment is prepared (created,
+//!   zero-filled, named, made durable) in the background on the executor as soon as the
+//!   previous one becomes active, so a rollover only switches files.
 //! * Every record is framed with its length, kind, flags, a payload crc32 and a header crc32,
 //!   both salted with the segment sequence number (see `src/wal/FORMAT.md`).
 //! * [`Wal::append`] queues a batch; one writer task writes every batch queued meanwhile with a
@@ -308,8 +309,9 @@ pub struct RecoveryInfo {
 pub struct SegmentSummary {
     /// Sequence number (strictly increasing, contiguous).
     pub seq: u64,
-    /// Index in the file name: 1 + the highest entry/snapshot index written before this
-    /// segment (0 for the first segment of a new log). A lower bound for readers.
+    /// Index in the file name: 1 + the highest entry/snapshot index durable when the segment
+    /// was prepared (0 for the first segment of a new log). A lower bound of the indexes in it,
+    /// except for raft overwrites below it after a leader change; informational only.
     pub first_index: u64,
     /// Highest entry/snapshot index in this segment, if any.
     pub max_index: Option<u64>,
