@@ -198,3 +198,21 @@ fn release_concurrent_with_appends_and_rollovers() {
         }
     });
 }
+
+#[test]
+fn a_second_open_of_the_same_wal_is_refused() {
+    let dir = tempdir();
+    let path = dir.path().to_path_buf();
+    run_fresh(move || async move {
+        let (wal, _, _) = open_collect(&path, small_opts(64 << 10)).await.unwrap();
+        match open_collect(&path, small_opts(64 << 10)).await {
+            Err(e @ WalError::Locked { .. }) => assert!(e.to_string().contains("LOCK"), "{e}"),
+            Err(e) => panic!("expected Locked, got {e}"),
+            Ok(_) => panic!("second open of a live WAL succeeded"),
+        }
+        wal.close().await;
+        drop(wal);
+        let (wal, _, _) = open_collect(&path, small_opts(64 << 10)).await.unwrap();
+        wal.close().await;
+    });
+}

@@ -50,6 +50,8 @@ pub const DEFAULT_MAX_QUEUED_BYTES: usize = 32 << 20;
 pub const MAX_QUEUED_BYTES_LIMIT: usize = 1 << 30;
 /// Name of the WAL directory inside the data directory.
 pub const WAL_DIR_NAME: &str = "wal";
+/// Lock file in the WAL directory, `flock`ed exclusively while a [`Wal`] handle is alive.
+pub const LOCK_FILE_NAME: &str = "LOCK";
 
 /// One WAL record. Entries carry their raft index and term; the other kinds are small fixed
 /// records. `HardState`, `Snapshot` and `Metadata` are "state" records: the latest of each is
@@ -214,6 +216,11 @@ pub enum WalError {
     /// An earlier write or fdatasync failed; the WAL accepts nothing more (the durability of
     /// data after a failed fdatasync is unknown, so retrying would be unsafe).
     Failed(String),
+    /// The WAL is already open (by this or another process): its lock file is held.
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+    },
     /// The WAL was closed.
     Closed,
 }
@@ -245,6 +252,11 @@ impl fmt::Display for WalError {
             WalError::InvalidOptions(m) => write!(f, "invalid WAL options: {m}"),
             WalError::InvalidBatch(m) => write!(f, "invalid WAL batch: {m}"),
             WalError::Failed(m) => write!(f, "WAL failed earlier and accepts no writes: {m}"),
+            WalError::Locked { path } => write!(
+                f,
+                "WAL is already open (lock {} is held by this or another process)",
+                path.display()
+            ),
             WalError::Closed => write!(f, "WAL is closed"),
         }
     }
@@ -347,6 +359,10 @@ impl Future for AppendFuture {
 pub struct Wal {
     inner: Rc<Inner>,
     writer: RefCell<Option<glommio::task::JoinHandle<()>>>,
+    /// Exclusive `flock` on `LOCK`: a second open (this or another process) fails with
+    /// [`WalError::Locked`]. Released when the handle is dropped; call [`Wal::close`] first so
+    /// the writer has stopped.
+    _lock: std::fs::File,
 }
 
 impl Wal {
@@ -369,6 +385,7 @@ impl Wal {
         opts.validate()?;
         let dir = data_dir.as_ref().join(WAL_DIR_NAME);
         std::fs::create_dir_all(&dir).map_err(|e| WalError::io("create dir", &dir, None, e))?;
+        let lock = lock_dir(&dir)?;
         segment::probe_dma(&dir).await?;
         let dir_handle = glommio::io::Directory::open(&dir)
             .await
@@ -381,6 +398,7 @@ impl Wal {
             Wal {
                 inner,
                 writer: RefCell::new(Some(task)),
+                _lock: lock,
             },
             info,
         ))
@@ -460,6 +478,27 @@ impl Drop for Wal {
         // The writer drains what is queued and exits; it does not need the handle.
         self.inner.begin_close();
     }
+}
+
+/// Takes the exclusive lock on `<dir>/LOCK` without blocking.
+fn lock_dir(dir: &Path) -> Result<std::fs::File, WalError> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join(LOCK_FILE_NAME);
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| WalError::io("open lock file", &path, None, e))?;
+    // SAFETY: flock(2) on an fd we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(WalError::Locked { path });
+        }
+        return Err(WalError::io("lock", &path, None, e));
+    }
+    Ok(f)
 }
 
 /// Segment bookkeeping shared by the writer (pushes, updates the active one) and release
