@@ -143,6 +143,10 @@ struct Result1 {
     rollovers: u64,
     rollovers_waited: u64,
     rollover_max_us: u64,
+    /// WAL runs: time to reopen (recover) the log just written, its segments and records.
+    reopen_ms: f64,
+    reopen_segments: usize,
+    reopen_records: u64,
 }
 
 impl Result1 {
@@ -285,6 +289,9 @@ async fn raw(a: &Args, p: &Path) -> Result<Result1, String> {
         p99_us: h.value_at_quantile(0.99),
         rollovers: 0,
         rollovers_waited: 0,
+        reopen_ms: 0.0,
+        reopen_segments: 0,
+        reopen_records: 0,
         rollover_max_us: 0,
     })
 }
@@ -335,6 +342,9 @@ async fn naive(a: &Args, p: &Path, name: &str, rec: u64) -> Result<Result1, Stri
         p99_us: h.value_at_quantile(0.99),
         rollovers: 0,
         rollovers_waited: 0,
+        reopen_ms: 0.0,
+        reopen_segments: 0,
+        reopen_records: 0,
         rollover_max_us: 0,
     })
 }
@@ -351,6 +361,7 @@ async fn wal(a: &Args, appenders: usize) -> Result<Result1, String> {
         max_queued_bytes: d.max_queued_bytes.max(max_batch_bytes),
         ..d
     };
+    let opts_copy = opts.clone();
     let (wal, _) = Wal::open(&data_dir, opts, |_| {})
         .await
         .map_err(|e| format!("open WAL: {e}"))?;
@@ -410,6 +421,15 @@ async fn wal(a: &Args, appenders: usize) -> Result<Result1, String> {
     let s = wal.stats();
     wal.close().await;
     drop(wal);
+    // Recovery cost: reopen the log just written (reads every segment to its end).
+    let t = Instant::now();
+    let mut replayed = 0u64;
+    let (wal, info) = Wal::open(&data_dir, opts_copy, |_| replayed += 1)
+        .await
+        .map_err(|e| format!("reopen WAL: {e}"))?;
+    let reopen_ms = t.elapsed().as_secs_f64() * 1e3;
+    wal.close().await;
+    drop(wal);
     let _ = std::fs::remove_dir_all(&data_dir);
     let h = h.borrow();
     Ok(Result1 {
@@ -422,6 +442,9 @@ async fn wal(a: &Args, appenders: usize) -> Result<Result1, String> {
         p99_us: h.value_at_quantile(0.99),
         rollovers: s.rollovers,
         rollovers_waited: s.rollovers_waited_for_prepare,
+        reopen_ms,
+        reopen_segments: info.segments,
+        reopen_records: replayed,
         rollover_max_us: s.rollover_latency_us.max(),
     })
 }
@@ -443,8 +466,8 @@ fn report(a: &Args, reps: &[Vec<Result1>]) {
         for (ri, rs) in reps.iter().enumerate() {
             for r in rs {
                 println!(
-                    "{{\"rep\":{},\"name\":\"{}\",\"appenders\":{},\"records\":{},\"secs\":{:.3},\"records_per_sec\":{:.1},\"syncs\":{},\"records_per_sync\":{:.2},\"p50_us\":{},\"p99_us\":{},\"rollovers\":{},\"rollovers_waited\":{},\"rollover_max_us\":{}}}",
-                    ri + 1, r.name, r.appenders, r.records, r.secs, r.rate(), r.syncs, r.per_sync(), r.p50_us, r.p99_us, r.rollovers, r.rollovers_waited, r.rollover_max_us
+                    "{{\"rep\":{},\"name\":\"{}\",\"appenders\":{},\"records\":{},\"secs\":{:.3},\"records_per_sec\":{:.1},\"syncs\":{},\"records_per_sync\":{:.2},\"p50_us\":{},\"p99_us\":{},\"rollovers\":{},\"rollovers_waited\":{},\"rollover_max_us\":{},\"reopen_ms\":{:.1},\"reopen_segments\":{},\"reopen_records\":{}}}",
+                    ri + 1, r.name, r.appenders, r.records, r.secs, r.rate(), r.syncs, r.per_sync(), r.p50_us, r.p99_us, r.rollovers, r.rollovers_waited, r.rollover_max_us, r.reopen_ms, r.reopen_segments, r.reopen_records
                 );
             }
         }
@@ -495,8 +518,11 @@ fn report(a: &Args, reps: &[Vec<Result1>]) {
                 .map(|rs| rs[i].rollover_max_us)
                 .max()
                 .unwrap_or(0);
+            let reopen = med(i, &|r| r.reopen_ms);
+            let segs = med(i, &|r| r.reopen_segments as f64);
+            let recs = med(i, &|r| r.reopen_records as f64);
             println!(
-                "wal, {} appenders: {rolls} segment rollovers over all reps ({waited} waited for the background preparation), longest held appends {worst} µs",
+                "wal, {} appenders: {rolls} segment rollovers over all reps ({waited} waited for the background preparation), longest held appends {worst} µs; reopen (recovery) {reopen:.0} ms for {segs:.0} segment(s), {recs:.0} records (medians)",
                 r.appenders
             );
         }
