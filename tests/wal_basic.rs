@@ -153,3 +153,66 @@ fn backpressure_bounds_the_queue_and_keeps_order() {
         assert_eq!(got, want);
     });
 }
+
+#[test]
+fn release_concurrent_with_appends_and_rollovers() {
+    let dir = tempdir();
+    let path = dir.path().to_path_buf();
+    run_fresh(move || async move {
+        let opts = small_opts(64 << 10);
+        let (wal, _, _) = open_collect(&path, opts.clone()).await.unwrap();
+        let wal = Rc::new(wal);
+        let mut releases = Vec::new();
+        let last = 400u64;
+        let mut released_to = 0;
+        for i in 1..=last {
+            wal.append(vec![entry(i, 1000)]).await.unwrap();
+            if i % 50 == 0 {
+                // Runs concurrently with the next appends (and their rollovers).
+                let (w, to) = (wal.clone(), i - 30);
+                released_to = to;
+                releases.push(glommio::spawn_local(async move { w.release(to).await }));
+            }
+        }
+        let mut deleted = 0;
+        for r in releases {
+            deleted += r.await.unwrap();
+        }
+        assert!(deleted > 0);
+        let segs = wal.segments();
+        assert!(segs.first().unwrap().max_index.unwrap() >= released_to);
+        wal.close().await;
+        drop(wal);
+        let (_wal, got, _) = open_collect(&path, opts).await.unwrap();
+        let idx: Vec<u64> = got.iter().filter_map(Record::index).collect();
+        let first = idx[0];
+        assert!(
+            first <= released_to,
+            "entries at or above {released_to} were released"
+        );
+        assert_eq!(idx, (first..=last).collect::<Vec<_>>());
+        for r in &got {
+            if let Record::Entry { index, .. } = r {
+                assert_eq!(r, &entry(*index, 1000));
+            }
+        }
+    });
+}
+
+#[test]
+fn a_second_open_of_the_same_wal_is_refused() {
+    let dir = tempdir();
+    let path = dir.path().to_path_buf();
+    run_fresh(move || async move {
+        let (wal, _, _) = open_collect(&path, small_opts(64 << 10)).await.unwrap();
+        match open_collect(&path, small_opts(64 << 10)).await {
+            Err(e @ WalError::Locked { .. }) => assert!(e.to_string().contains("LOCK"), "{e}"),
+            Err(e) => panic!("expected Locked, got {e}"),
+            Ok(_) => panic!("second open of a live WAL succeeded"),
+        }
+        wal.close().await;
+        drop(wal);
+        let (wal, _, _) = open_collect(&path, small_opts(64 << 10)).await.unwrap();
+        wal.close().await;
+    });
+}

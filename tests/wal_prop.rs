@@ -21,7 +21,7 @@ enum Op {
 fn record() -> impl Strategy<Value = Record> {
     let size = prop_oneof![4 => 0usize..64, 3 => 64usize..5000, 1 => 5000usize..12000];
     prop_oneof![
-        8 => (any::<u64>(), size, any::<u8>()).prop_map(|(index, len, seed)| Record::Entry {
+        8 => (prop_oneof![any::<u64>(), Just(u64::MAX), Just(0u64)], size, any::<u8>()).prop_map(|(index, len, seed)| Record::Entry {
             index,
             term: seed as u64,
             data: (0..len).map(|i| seed.wrapping_add(i as u8)).collect(),

@@ -5,7 +5,7 @@ mod wal_support;
 
 use std::path::{Path, PathBuf};
 
-use corekv::wal::{Options, Record, WalError};
+use corekv::wal::{Options, Record, SegmentSummary, WalError};
 use wal_support::{entry, open_collect, run_fresh, small_opts, tempdir};
 
 /// Encoded size of an entry with `len` data bytes (mirrors FORMAT.md: 16-byte header,
@@ -301,5 +301,203 @@ fn release_deletes_exactly_the_segments_wholly_below_the_index() {
             _ => None,
         });
         assert!(first_entry.unwrap() > target);
+    });
+}
+
+/// Builds a log of 3000-byte entries spanning several segments; returns (records, segments).
+async fn multi_segment_log(path: &Path, opts: &Options) -> (Vec<Record>, Vec<SegmentSummary>) {
+    let (wal, _, _) = open_collect(path, opts.clone()).await.unwrap();
+    let mut recs = Vec::new();
+    for i in 1..=60u64 {
+        let r = entry(i, 3000);
+        wal.append(vec![r.clone()]).await.unwrap();
+        recs.push(r);
+    }
+    let segs = wal.segments();
+    assert!(segs.len() >= 3);
+    wal.close().await;
+    (recs, segs)
+}
+
+#[test]
+fn lost_tail_of_a_sealed_segment_is_detected() {
+    let dir = tempdir();
+    let path = dir.path().to_path_buf();
+    run_fresh(move || async move {
+        let opts = small_opts(64 << 10);
+        let (recs, segs) = multi_segment_log(&path, &opts).await;
+        let first = segs[0].path.clone();
+        let pristine = std::fs::read(&first).unwrap();
+        let rec_len = entry_encoded_len(3000);
+        let n_first = ((pristine.len() as u64 - HEADER_BLOCK) / rec_len) as usize;
+        // Zero the last record of segment 1: it now ends cleanly one record early, which only
+        // the next segment's segment-start record can reveal.
+        let cut = HEADER_BLOCK + (n_first as u64 - 1) * rec_len;
+        let mut b = pristine.clone();
+        b[cut as usize..].fill(0);
+        std::fs::write(&first, &b).unwrap();
+        match open_collect(&path, opts.clone()).await {
+            Err(WalError::Corrupt {
+                path: p,
+                offset,
+                reason,
+            }) => {
+                assert_eq!((p, offset), (first.clone(), cut));
+                assert!(reason.contains("missing"), "{reason}");
+            }
+            Err(e) => panic!("expected Corrupt, got {e}"),
+            Ok((_, got, _)) => panic!("lost tail accepted ({} records)", got.len()),
+        }
+        // A truncated sealed segment is reported too.
+        std::fs::write(&first, &pristine[..cut as usize]).unwrap();
+        assert!(matches!(
+            open_collect(&path, opts.clone()).await,
+            Err(WalError::Corrupt { path: p, .. }) if p == first
+        ));
+        // Repair keeps segment 1's surviving records and drops the later segments.
+        std::fs::write(&first, &b).unwrap();
+        let repair = Options {
+            repair_truncate_corrupt_tail: true,
+            ..opts.clone()
+        };
+        let (wal, got, info) = open_collect(&path, repair).await.unwrap();
+        assert_eq!(indexes(&got), indexes(&recs[..n_first - 1]));
+        assert_eq!(got, recs[..n_first - 1].to_vec());
+        assert_eq!(info.repaired, Some((first.clone(), cut, segs.len() - 1)));
+        wal.close().await;
+    });
+}
+
+#[test]
+fn torn_first_write_of_a_new_segment_recovers_and_continues() {
+    let dir = tempdir();
+    let path = dir.path().to_path_buf();
+    run_fresh(move || async move {
+        let opts = small_opts(64 << 10);
+        let (recs, segs) = multi_segment_log(&path, &opts).await;
+        let last = segs.last().unwrap().path.clone();
+        let pristine = std::fs::read(&last).unwrap();
+        // Entries are 1..=60 in order: the last segment holds those above the previous max.
+        let before = segs[segs.len() - 2].max_index.unwrap() as usize;
+        // Leave only the first 100 bytes of the last segment's first write: a torn write that
+        // never completed its fdatasync.
+        let mut b = pristine.clone();
+        b[HEADER_BLOCK as usize + 100..].fill(0);
+        std::fs::write(&last, &b).unwrap();
+        let (wal, got, info) = open_collect(&path, opts.clone()).await.unwrap();
+        let keep = before;
+        assert_eq!(indexes(&got), indexes(&recs[..keep]));
+        assert_eq!(got, recs[..keep].to_vec());
+        assert!(info.tail_bytes_zeroed > 0);
+        // The fresh segment gets its segment-start record on the next write and verifies.
+        wal.append(vec![entry(500, 10)]).await.unwrap();
+        wal.close().await;
+        drop(wal);
+        let (_wal, got, info) = open_collect(&path, opts).await.unwrap();
+        let mut want = recs[..keep].to_vec();
+        want.push(entry(500, 10));
+        assert_eq!(indexes(&got), indexes(&want));
+        assert_eq!(got, want);
+        assert_eq!(info.tail_bytes_zeroed, 0);
+    });
+}
+
+/// Entry indexes, for readable assertion failures.
+fn indexes(v: &[Record]) -> Vec<u64> {
+    v.iter().filter_map(Record::index).collect()
+}
+
+#[test]
+fn torn_multi_block_write_is_cut_whole_and_its_remains_zeroed() {
+    let dir = tempdir();
+    let path = dir.path().to_path_buf();
+    run_fresh(move || async move {
+        let opts = small_opts(256 << 10);
+        let (wal, _, _) = open_collect(&path, opts.clone()).await.unwrap();
+        let a: Vec<Record> = (1..=3).map(|i| entry(i, 20)).collect();
+        wal.append(a.clone()).await.unwrap();
+        // One batch of three ~3 KB records: a single write spanning several blocks.
+        let b: Vec<Record> = (4..=6).map(|i| entry(i, 3000)).collect();
+        wal.append(b.clone()).await.unwrap();
+        let seg = wal.segments()[0].path.clone();
+        wal.close().await;
+        drop(wal);
+        let a_end = HEADER_BLOCK + a.iter().map(|_| entry_encoded_len(20)).sum::<u64>();
+        let b_second = a_end + entry_encoded_len(3000);
+        // Lose one block inside the batch's second record, as if that part of the write never
+        // reached the disk; the batch's first and third records survive.
+        let mut bytes = std::fs::read(&seg).unwrap();
+        let blk = (b_second / 4096 + 1) * 4096;
+        assert!(blk + 4096 < b_second + entry_encoded_len(3000) + 4096);
+        bytes[blk as usize..blk as usize + 4096].fill(0);
+        std::fs::write(&seg, &bytes).unwrap();
+
+        let (wal, got, info) = open_collect(&path, opts.clone()).await.unwrap();
+        assert_eq!(got, a, "a torn batch must vanish whole");
+        assert!(info.tail_bytes_zeroed > 0);
+        let after = std::fs::read(&seg).unwrap();
+        assert!(
+            after[a_end as usize..].iter().all(|&x| x == 0),
+            "remains of the torn write must be zeroed so they can never be mistaken for records"
+        );
+        let c = vec![entry(7, 5)];
+        wal.append(c.clone()).await.unwrap();
+        wal.close().await;
+        drop(wal);
+        let (_wal, got, info) = open_collect(&path, opts).await.unwrap();
+        let mut want = a.clone();
+        want.extend(c);
+        assert_eq!(got, want);
+        assert_eq!(info.tail_bytes_zeroed, 0);
+    });
+}
+
+#[test]
+fn torn_tail_before_an_unused_published_segment_is_still_a_torn_tail() {
+    let dir = tempdir();
+    let path = dir.path().to_path_buf();
+    run_fresh(move || async move {
+        let opts = small_opts(64 << 10);
+        let (wal, _, _) = open_collect(&path, opts.clone()).await.unwrap();
+        let recs: Vec<Record> = (1..=5).map(|i| entry(i, 100)).collect();
+        for r in &recs {
+            wal.append(vec![r.clone()]).await.unwrap();
+        }
+        // Wait (bounded) until the next segment has been published ahead of need.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while wal.stats().segments_prepared == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no background preparation"
+            );
+            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        let active = wal.segments()[0].path.clone();
+        wal.close().await;
+        drop(wal);
+        let wal_files = |p: &Path| {
+            std::fs::read_dir(p.join("wal"))
+                .unwrap()
+                .filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .path()
+                        .extension()
+                        .is_some_and(|x| x == "wal")
+                })
+                .count()
+        };
+        assert_eq!(wal_files(&path), 2, "published-ahead segment is on disk");
+        // Tear the last record of the active segment.
+        let mut b = std::fs::read(&active).unwrap();
+        let last = HEADER_BLOCK + 4 * entry_encoded_len(100);
+        b[last as usize + 40] ^= 0xff;
+        std::fs::write(&active, &b).unwrap();
+        let (wal, got, info) = open_collect(&path, opts.clone()).await.unwrap();
+        assert_eq!(got, recs[..4].to_vec());
+        assert!(info.tail_bytes_zeroed > 0);
+        assert_eq!(wal.segments().len(), 1);
+        wal.append(vec![entry(9, 1)]).await.unwrap();
+        wal.close().await;
     });
 }

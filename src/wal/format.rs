@@ -20,9 +20,12 @@ pub const MAX_RECORD_PAYLOAD: usize = 16 << 20;
 pub const MIN_SEGMENT_SIZE: u64 = 16 * BLOCK_SIZE as u64;
 /// Largest allowed segment (bounds recovery's per-segment scan and the preallocation).
 pub const MAX_SEGMENT_SIZE: u64 = 1 << 30;
-/// Upper bound of the state records (hard state, snapshot marker, metadata) repeated at the
-/// start of every new segment: three records of at most 24 payload bytes each.
-pub const MAX_CARRY_OVER_BYTES: usize = 3 * (RECORD_HEADER_SIZE + 24);
+/// Bytes of the segment-start record (16-byte payload) that opens every segment after the first.
+pub const SEGMENT_START_LEN: usize = RECORD_HEADER_SIZE + 16;
+/// Upper bound of what opens a new segment before the first appended batch: the segment-start
+/// record plus the state records (hard state, snapshot marker, metadata) repeated from earlier
+/// segments, three records of at most 24 payload bytes each.
+pub const MAX_CARRY_OVER_BYTES: usize = SEGMENT_START_LEN + 3 * (RECORD_HEADER_SIZE + 24);
 
 /// Magic bytes at offset 0 of every segment.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"CKVWALSG";
@@ -37,6 +40,9 @@ pub const KIND_HARD_STATE: u8 = 2;
 pub const KIND_SNAPSHOT: u8 = 3;
 /// Cluster / member metadata.
 pub const KIND_METADATA: u8 = 4;
+/// Internal: first record of every segment after the first, naming where the previous segment
+/// ended, so a lost (zeroed or truncated) tail of a sealed segment is detected. Never replayed.
+pub const KIND_SEGMENT_START: u8 = 5;
 
 /// Flag: this record is the first record of one `write` (group). Used by recovery to tell a
 /// torn tail (damage inside the last write) from corruption (damage followed by a later write).
@@ -134,8 +140,13 @@ pub fn encode_record(record: &Record, seq: u64, flags: u8, out: &mut [u8]) {
         }
     }
     pad.fill(0);
-    head[0..4].copy_from_slice(&(plen as u32).to_le_bytes());
-    head[4] = kind_of(record);
+    finish_header(head, payload, kind_of(record), seq, flags);
+}
+
+/// Fills in a record header for the payload already in place.
+fn finish_header(head: &mut [u8], payload: &[u8], kind: u8, seq: u64, flags: u8) {
+    head[0..4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    head[4] = kind;
     head[5] = flags;
     head[6] = 0;
     head[7] = 0;
@@ -143,6 +154,31 @@ pub fn encode_record(record: &Record, seq: u64, flags: u8, out: &mut [u8]) {
     head[8..12].copy_from_slice(&pcrc.to_le_bytes());
     let hcrc = seq_crc(seq, &[&head[0..12]]);
     head[12..16].copy_from_slice(&hcrc.to_le_bytes());
+}
+
+/// Encodes the segment-start record of segment `seq` into `out` ([`SEGMENT_START_LEN`] bytes):
+/// the previous segment `prev_seq` holds records up to byte offset `prev_end`.
+pub fn encode_segment_start(prev_seq: u64, prev_end: u64, seq: u64, flags: u8, out: &mut [u8]) {
+    assert_eq!(out.len(), SEGMENT_START_LEN);
+    debug_assert_eq!(flags & !KNOWN_FLAGS, 0);
+    let (head, payload) = out.split_at_mut(RECORD_HEADER_SIZE);
+    payload[0..8].copy_from_slice(&prev_seq.to_le_bytes());
+    payload[8..16].copy_from_slice(&prev_end.to_le_bytes());
+    finish_header(head, payload, KIND_SEGMENT_START, seq, flags);
+}
+
+/// Decodes a verified segment-start payload into `(prev_seq, prev_end)`.
+pub fn decode_segment_start(p: &[u8]) -> Result<(u64, u64), String> {
+    if p.len() != 16 {
+        return Err(format!(
+            "segment-start record has a {}-byte payload, expected 16",
+            p.len()
+        ));
+    }
+    Ok((
+        u64::from_le_bytes(p[0..8].try_into().expect("8 bytes")),
+        u64::from_le_bytes(p[8..16].try_into().expect("8 bytes")),
+    ))
 }
 
 /// A record header that passed its own checksum: the length and kind can be trusted.
@@ -379,6 +415,18 @@ mod tests {
             cluster_id: 1,
             member_id: 2,
         });
+    }
+
+    #[test]
+    fn segment_start_roundtrip() {
+        let mut b = vec![0u8; SEGMENT_START_LEN];
+        encode_segment_start(4, 12345, 5, FLAG_FIRST_IN_WRITE, &mut b);
+        let h = decode_header(5, &b[..RECORD_HEADER_SIZE]).unwrap();
+        assert_eq!(h.kind, KIND_SEGMENT_START);
+        assert_eq!(h.total_len(), SEGMENT_START_LEN);
+        let p = &b[RECORD_HEADER_SIZE..];
+        assert!(payload_ok(5, &h, p, &[]));
+        assert_eq!(decode_segment_start(p), Ok((4, 12345)));
     }
 
     #[test]

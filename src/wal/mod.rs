@@ -2,8 +2,9 @@
 //!
 //! * Segments live in `<data-dir>/wal/` as `<seq:016x>-<first_index:016x>.wal`, each
 //!   preallocated to [`Options::segment_size`] (zero-filled by default so the hot path's
-//!   `fdatasync` never has to commit extent metadata). The next segment is prepared in the
-//!   background on the executor as soon as the previous one becomes active.
+//!   `fdatasync` never has to commit extent metadata). The next segment is prepared (created,
+//!   zero-filled, named, made durable) in the background on the executor as soon as the
+//!   previous one becomes active, so a rollover only switches files.
 //! * Every record is framed with its length, kind, flags, a payload crc32 and a header crc32,
 //!   both salted with the segment sequence number (see `src/wal/FORMAT.md`).
 //! * [`Wal::append`] queues a batch; one writer task writes every batch queued meanwhile with a
@@ -45,8 +46,12 @@ pub const DEFAULT_SEGMENT_SIZE: u64 = 64 << 20;
 pub const DEFAULT_MAX_BATCH_BYTES: usize = 8 << 20;
 /// Default limit on bytes queued but not yet handed to a write: 32 MiB.
 pub const DEFAULT_MAX_QUEUED_BYTES: usize = 32 << 20;
+/// Upper bound for [`Options::max_queued_bytes`] (it sizes the DMA buffer of one group write).
+pub const MAX_QUEUED_BYTES_LIMIT: usize = 1 << 30;
 /// Name of the WAL directory inside the data directory.
 pub const WAL_DIR_NAME: &str = "wal";
+/// Lock file in the WAL directory, `flock`ed exclusively while a [`Wal`] handle is alive.
+pub const LOCK_FILE_NAME: &str = "LOCK";
 
 /// One WAL record. Entries carry their raft index and term; the other kinds are small fixed
 /// records. `HardState`, `Snapshot` and `Metadata` are "state" records: the latest of each is
@@ -160,9 +165,11 @@ impl Options {
                 self.max_batch_bytes, self.segment_size
             ));
         }
-        if self.max_queued_bytes < self.max_batch_bytes {
+        if self.max_queued_bytes < self.max_batch_bytes
+            || self.max_queued_bytes > MAX_QUEUED_BYTES_LIMIT
+        {
             return bad(format!(
-                "max_queued_bytes {} must be >= max_batch_bytes {}",
+                "max_queued_bytes {} must be in max_batch_bytes ({})..={MAX_QUEUED_BYTES_LIMIT}",
                 self.max_queued_bytes, self.max_batch_bytes
             ));
         }
@@ -209,6 +216,11 @@ pub enum WalError {
     /// An earlier write or fdatasync failed; the WAL accepts nothing more (the durability of
     /// data after a failed fdatasync is unknown, so retrying would be unsafe).
     Failed(String),
+    /// The WAL is already open (by this or another process): its lock file is held.
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+    },
     /// The WAL was closed.
     Closed,
 }
@@ -240,6 +252,11 @@ impl fmt::Display for WalError {
             WalError::InvalidOptions(m) => write!(f, "invalid WAL options: {m}"),
             WalError::InvalidBatch(m) => write!(f, "invalid WAL batch: {m}"),
             WalError::Failed(m) => write!(f, "WAL failed earlier and accepts no writes: {m}"),
+            WalError::Locked { path } => write!(
+                f,
+                "WAL is already open (lock {} is held by this or another process)",
+                path.display()
+            ),
             WalError::Closed => write!(f, "WAL is closed"),
         }
     }
@@ -304,8 +321,9 @@ pub struct RecoveryInfo {
 pub struct SegmentSummary {
     /// Sequence number (strictly increasing, contiguous).
     pub seq: u64,
-    /// Index in the file name: 1 + the highest entry/snapshot index written before this
-    /// segment (0 for the first segment of a new log). A lower bound for readers.
+    /// Index in the file name: 1 + the highest entry/snapshot index durable when the segment
+    /// was prepared (0 for the first segment of a new log). A lower bound of the indexes in it,
+    /// except for raft overwrites below it after a leader change; informational only.
     pub first_index: u64,
     /// Highest entry/snapshot index in this segment, if any.
     pub max_index: Option<u64>,
@@ -341,6 +359,10 @@ impl Future for AppendFuture {
 pub struct Wal {
     inner: Rc<Inner>,
     writer: RefCell<Option<glommio::task::JoinHandle<()>>>,
+    /// Exclusive `flock` on `LOCK`: a second open (this or another process) fails with
+    /// [`WalError::Locked`]. Released when the handle is dropped; call [`Wal::close`] first so
+    /// the writer has stopped.
+    _lock: std::fs::File,
 }
 
 impl Wal {
@@ -363,6 +385,7 @@ impl Wal {
         opts.validate()?;
         let dir = data_dir.as_ref().join(WAL_DIR_NAME);
         std::fs::create_dir_all(&dir).map_err(|e| WalError::io("create dir", &dir, None, e))?;
+        let lock = lock_dir(&dir)?;
         segment::probe_dma(&dir).await?;
         let dir_handle = glommio::io::Directory::open(&dir)
             .await
@@ -375,6 +398,7 @@ impl Wal {
             Wal {
                 inner,
                 writer: RefCell::new(Some(task)),
+                _lock: lock,
             },
             info,
         ))
@@ -454,6 +478,27 @@ impl Drop for Wal {
         // The writer drains what is queued and exits; it does not need the handle.
         self.inner.begin_close();
     }
+}
+
+/// Takes the exclusive lock on `<dir>/LOCK` without blocking.
+fn lock_dir(dir: &Path) -> Result<std::fs::File, WalError> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join(LOCK_FILE_NAME);
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| WalError::io("open lock file", &path, None, e))?;
+    // SAFETY: flock(2) on an fd we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(WalError::Locked { path });
+        }
+        return Err(WalError::io("lock", &path, None, e));
+    }
+    Ok(f)
 }
 
 /// Segment bookkeeping shared by the writer (pushes, updates the active one) and release

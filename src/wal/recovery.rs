@@ -14,7 +14,7 @@ use glommio::io::{Directory, DmaFile};
 
 use super::format::{
     self, align_down, align_up, decode_header, HeaderCheck, BLOCK_SIZE, FLAG_FIRST_IN_WRITE,
-    FLAG_LAST_IN_BATCH, RECORD_ALIGN, RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE,
+    FLAG_LAST_IN_BATCH, KIND_SEGMENT_START, RECORD_ALIGN, RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE,
 };
 use super::segment::{self, open_rw};
 use super::writer::{Active, Carry, WriterState};
@@ -24,9 +24,13 @@ use super::{Options, Record, RecoveryInfo, SegmentSummary, WalError};
 /// read window.
 pub const READ_CHUNK: usize = 1 << 20;
 
+/// Everything recovery hands to the writer and the `Wal`.
 pub struct Recovered {
+    /// Live segments, oldest first.
     pub segments: VecDeque<SegmentSummary>,
+    /// Where and how appends continue.
     pub writer: WriterState,
+    /// What recovery found and did.
     pub info: RecoveryInfo,
 }
 
@@ -181,6 +185,21 @@ fn list_segments(dir: &Path) -> Result<Vec<SegmentFile>, WalError> {
     Ok(segs)
 }
 
+/// A verified segment whose fate (closed, or the active segment) is decided once the next
+/// segment's segment-start record has been checked against it.
+struct Verified {
+    file: DmaFile,
+    path: PathBuf,
+    seq: u64,
+    first_index: u64,
+    size: u64,
+    file_len: u64,
+    scan: Scan,
+    dirty: bool,
+}
+
+/// Reads, verifies and replays every segment in `dir`, repairs a torn tail, and returns the
+/// state appends continue from (creating the first segment of a new log).
 pub async fn recover(
     dir: &Path,
     dir_handle: &Directory,
@@ -188,11 +207,32 @@ pub async fn recover(
     replay: &mut dyn FnMut(Record),
 ) -> Result<Recovered, WalError> {
     let mut files = list_segments(dir)?;
+    // Segments published ahead by the background preparation that never received a record
+    // are not part of the log; drop them so the real last segment is treated as the last.
+    let mut dropped_unused = false;
+    while files.len() > 1 {
+        let last = files.last().expect("len > 1");
+        if !is_unused(&last.path, last.seq).await? {
+            break;
+        }
+        std::fs::remove_file(&last.path)
+            .map_err(|e| WalError::io("remove unused segment", &last.path, None, e))?;
+        files.pop();
+        dropped_unused = true;
+    }
+    if dropped_unused {
+        dir_handle
+            .sync()
+            .await
+            .map_err(|e| WalError::io("sync dir", dir, None, e))?;
+    }
     let mut info = RecoveryInfo::default();
     let mut carry = Carry::default();
     let mut highest_index: Option<u64> = None;
     let mut summaries = VecDeque::new();
-    let mut active: Option<(Active, u64)> = None;
+    let mut prev: Option<Verified> = None;
+    // (seq, committed end) of the segment before `prev`.
+    let mut prev_end: Option<(u64, u64)> = None;
 
     let mut i = 0;
     while i < files.len() {
@@ -226,15 +266,32 @@ pub async fn recover(
                 reason: format!("header says sequence {} but the name says {seq}", hdr.seq),
             });
         }
-        if file_len > hdr.size {
+        if file_len > hdr.size || (!is_last && file_len < hdr.size) {
             return Err(WalError::Corrupt {
                 path,
-                offset: hdr.size,
+                offset: file_len.min(hdr.size),
                 reason: format!(
-                    "file is {file_len} bytes, longer than its header's segment size {}",
+                    "file is {file_len} bytes but its header says the segment is {} bytes",
                     hdr.size
                 ),
             });
+        }
+        // The previous segment must end exactly where this one says it did.
+        if let Some(p) = &prev {
+            let mut r = Reader::new(&file, &path, file_len, hdr.size);
+            if let Some(reason) = check_segment_start(&mut r, seq, p.seq, p.scan.committed).await? {
+                if !opts.repair_truncate_corrupt_tail {
+                    return Err(WalError::Corrupt {
+                        path: p.path.clone(),
+                        offset: p.scan.committed,
+                        reason,
+                    });
+                }
+                let later: Vec<SegmentFile> = files.drain(i..).collect();
+                info.repaired = Some((p.path.clone(), p.scan.committed, later.len()));
+                delete_segments(dir, dir_handle, &later).await?;
+                break;
+            }
         }
         let scan = {
             let mut reader = Reader::new(&file, &path, file_len, hdr.size);
@@ -273,15 +330,7 @@ pub async fn recover(
                 }
                 let later: Vec<SegmentFile> = files.drain(i + 1..).collect();
                 info.repaired = Some((path.clone(), offset, later.len()));
-                for l in &later {
-                    std::fs::remove_file(&l.path).map_err(|e| {
-                        WalError::io("delete segment after repaired corruption", &l.path, None, e)
-                    })?;
-                }
-                dir_handle
-                    .sync()
-                    .await
-                    .map_err(|e| WalError::io("sync dir", dir, None, e))?;
+                delete_segments(dir, dir_handle, &later).await?;
             }
         }
         if let Some(m) = scan.max_index {
@@ -293,56 +342,69 @@ pub async fn recover(
             max_index: scan.max_index,
             path: path.clone(),
         });
-        if i + 1 == files.len() {
-            // The last segment becomes the active one: zero everything after the committed
-            // end that is not zero (or is missing, if the file was cut short).
-            let start = align_down(scan.committed, BLOCK_SIZE as u64);
-            let prefix =
-                read_prefix(&file, &path, start, (scan.committed - start) as usize).await?;
-            let mut zero_to = scan.committed;
-            if dirty {
-                zero_to = zero_to.max(scan.dirty_end);
-            }
-            if file_len < hdr.size {
-                zero_to = hdr.size;
-            }
-            let zero_to = align_up(zero_to, BLOCK_SIZE as u64).min(hdr.size);
-            if zero_to > scan.committed {
-                if dirty {
-                    info.tail_bytes_zeroed += scan.dirty_end.max(scan.committed) - scan.committed;
-                }
-                segment::zero_range(&file, &path, scan.committed, zero_to, &prefix).await?;
-            }
-            active = Some((
-                Active {
-                    file,
-                    path,
-                    seq,
-                    size: hdr.size,
-                    pos: scan.committed,
-                    tail: prefix,
-                },
-                first_index,
-            ));
-        } else {
-            let _ = file.close().await;
+        if let Some(p) = prev.take() {
+            prev_end = Some((p.seq, p.scan.committed));
+            let _ = p.file.close().await;
         }
+        prev = Some(Verified {
+            file,
+            path,
+            seq,
+            first_index,
+            size: hdr.size,
+            file_len,
+            scan,
+            dirty,
+        });
         i += 1;
     }
 
-    let (active, active_first_index) = match active {
-        Some(a) => a,
+    let (active, active_first_index, seal) = match prev {
+        Some(v) => {
+            // The last segment becomes the active one: zero everything after the committed end
+            // that is not zero (or is missing, if the file was cut short).
+            let committed = v.scan.committed;
+            let start = align_down(committed, BLOCK_SIZE as u64);
+            let prefix = read_prefix(&v.file, &v.path, start, (committed - start) as usize).await?;
+            let mut zero_to = committed;
+            if v.dirty {
+                zero_to = zero_to.max(v.scan.dirty_end);
+            }
+            if v.file_len < v.size {
+                zero_to = v.size;
+            }
+            let zero_to = align_up(zero_to, BLOCK_SIZE as u64).min(v.size);
+            if zero_to > committed {
+                if v.dirty {
+                    info.tail_bytes_zeroed += v.scan.dirty_end.max(committed) - committed;
+                }
+                segment::zero_range(&v.file, &v.path, committed, zero_to, &prefix).await?;
+            }
+            // A fresh active segment gets its segment-start record from the previous segment,
+            // if that one is still here.
+            let seal = if committed == SEGMENT_HEADER_SIZE {
+                prev_end
+            } else {
+                None
+            };
+            (
+                Active {
+                    file: v.file,
+                    path: v.path,
+                    seq: v.seq,
+                    size: v.size,
+                    pos: committed,
+                    tail: prefix,
+                },
+                v.first_index,
+                seal,
+            )
+        }
         None => {
             // New log: the first segment, prepared synchronously.
             let p = segment::prepare(dir, 1, opts.segment_size, opts.preallocate).await?;
-            let path = dir.join(format::segment_file_name(1, 0));
-            glommio::io::rename(&p.path, &path)
-                .await
-                .map_err(|e| WalError::io("rename prepared segment", &p.path, None, e))?;
-            dir_handle
-                .sync()
-                .await
-                .map_err(|e| WalError::io("sync dir", dir, None, e))?;
+            let p = segment::publish(p, dir, dir_handle, 0).await?;
+            let path = p.path.clone();
             summaries.push_back(SegmentSummary {
                 seq: 1,
                 first_index: 0,
@@ -359,6 +421,7 @@ pub async fn recover(
                     tail: Vec::new(),
                 },
                 0,
+                None,
             )
         }
     };
@@ -369,9 +432,94 @@ pub async fn recover(
             carry,
             highest_index,
             active_first_index,
+            seal,
         },
         info,
     })
+}
+
+async fn delete_segments(
+    dir: &Path,
+    dir_handle: &Directory,
+    segs: &[SegmentFile],
+) -> Result<(), WalError> {
+    for l in segs {
+        std::fs::remove_file(&l.path).map_err(|e| {
+            WalError::io("delete segment after repaired corruption", &l.path, None, e)
+        })?;
+    }
+    dir_handle
+        .sync()
+        .await
+        .map_err(|e| WalError::io("sync dir", dir, None, e))
+}
+
+/// Whether a segment holds nothing but a valid header and zeros, at its full size: published
+/// ahead of need and never written to. Anything else is left to full verification.
+async fn is_unused(path: &Path, seq: u64) -> Result<bool, WalError> {
+    let file = open_rw(path).await?;
+    let r = is_unused_file(&file, path, seq).await;
+    let _ = file.close().await;
+    r
+}
+
+async fn is_unused_file(file: &DmaFile, path: &Path, seq: u64) -> Result<bool, WalError> {
+    let file_len = file
+        .file_size()
+        .await
+        .map_err(|e| WalError::io("stat segment", path, None, e))?;
+    if file_len < SEGMENT_HEADER_SIZE {
+        return Ok(false);
+    }
+    let hdr = {
+        let mut r = Reader::new(file, path, file_len, SEGMENT_HEADER_SIZE);
+        match format::decode_segment_header(r.get(0, BLOCK_SIZE).await?) {
+            Ok(h) => h,
+            Err(_) => return Ok(false),
+        }
+    };
+    if hdr.seq != seq || file_len != hdr.size {
+        return Ok(false);
+    }
+    let mut r = Reader::new(file, path, file_len, hdr.size);
+    let (_, dirty_end) = scan_rest(&mut r, seq, SEGMENT_HEADER_SIZE).await?;
+    Ok(dirty_end == 0)
+}
+
+/// Checks the first record of segment `seq` against the previous segment `(prev_seq,
+/// prev_end)`. Returns a reason when they disagree. A segment with no valid first record is
+/// left to the scan (empty, or a torn first write).
+async fn check_segment_start(
+    r: &mut Reader<'_>,
+    seq: u64,
+    prev_seq: u64,
+    prev_end: u64,
+) -> Result<Option<String>, WalError> {
+    let Ok(h) = decode_header(seq, r.get(SEGMENT_HEADER_SIZE, RECORD_HEADER_SIZE).await?) else {
+        return Ok(None);
+    };
+    let total = h.total_len() as u64;
+    if SEGMENT_HEADER_SIZE + total > r.logical_len {
+        return Ok(None);
+    }
+    let rec = r.get(SEGMENT_HEADER_SIZE, total as usize).await?;
+    let payload = &rec[RECORD_HEADER_SIZE..RECORD_HEADER_SIZE + h.len];
+    if !format::payload_ok(seq, &h, payload, &rec[RECORD_HEADER_SIZE + h.len..]) {
+        return Ok(None);
+    }
+    if h.kind != KIND_SEGMENT_START {
+        return Ok(Some(format!(
+            "the next segment (sequence {seq}) does not begin with a segment-start record"
+        )));
+    }
+    match format::decode_segment_start(payload) {
+        Ok((s, e)) if s == prev_seq && e == prev_end => Ok(None),
+        Ok((s, e)) => Ok(Some(format!(
+            "records end at offset {prev_end}, but the next segment (sequence {seq}) says \
+             segment {s} ended at offset {e}: acknowledged records are missing"
+        ))),
+        Err(reason) => Ok(Some(reason)),
+    }
 }
 
 /// Reads the records of one segment, replaying each complete batch, and examines what follows
@@ -384,9 +532,12 @@ async fn scan_segment(
     carry: &mut Carry,
 ) -> Result<Scan, WalError> {
     let size = r.logical_len;
+    let seg_path = r.path;
     let mut pos = SEGMENT_HEADER_SIZE;
     let mut committed = pos;
     let mut batch: Vec<Record> = Vec::new();
+    // Records in the unfinished batch, including a segment-start record (never replayed).
+    let mut in_batch = 0usize;
     let mut batch_index: Option<u64> = None;
     let mut max_index: Option<u64> = None;
     let mut problem: Option<Problem> = None;
@@ -420,7 +571,7 @@ async fn scan_segment(
             });
             break;
         }
-        if h.flags & FLAG_FIRST_IN_WRITE != 0 && !batch.is_empty() {
+        if h.flags & FLAG_FIRST_IN_WRITE != 0 && in_batch > 0 {
             problem = Some(Problem {
                 offset: committed,
                 reason: format!("batch is unfinished but a new write begins at offset {pos}"),
@@ -436,16 +587,27 @@ async fn scan_segment(
             });
             break;
         }
-        let record =
-            format::decode_payload(h.kind, payload).map_err(|reason| WalError::Corrupt {
-                path: r.path.to_path_buf(),
-                offset: pos,
-                reason,
-            })?;
-        if let Some(i) = record.index() {
-            batch_index = Some(batch_index.map_or(i, |m| m.max(i)));
+        let corrupt = |reason| WalError::Corrupt {
+            path: seg_path.to_path_buf(),
+            offset: pos,
+            reason,
+        };
+        if h.kind == KIND_SEGMENT_START {
+            // Checked against the previous segment by `check_segment_start`; never replayed.
+            if pos != SEGMENT_HEADER_SIZE {
+                return Err(corrupt(
+                    "segment-start record in the middle of a segment".into(),
+                ));
+            }
+            format::decode_segment_start(payload).map_err(corrupt)?;
+        } else {
+            let record = format::decode_payload(h.kind, payload).map_err(corrupt)?;
+            if let Some(i) = record.index() {
+                batch_index = Some(batch_index.map_or(i, |m| m.max(i)));
+            }
+            batch.push(record);
         }
-        batch.push(record);
+        in_batch += 1;
         pos += total;
         if h.flags & FLAG_LAST_IN_BATCH != 0 {
             info.batches += 1;
@@ -457,15 +619,15 @@ async fn scan_segment(
             if let Some(i) = batch_index.take() {
                 max_index = Some(max_index.map_or(i, |m| m.max(i)));
             }
+            in_batch = 0;
             committed = pos;
         }
     }
-    if problem.is_none() && !batch.is_empty() {
+    if problem.is_none() && in_batch > 0 {
         problem = Some(Problem {
             offset: committed,
             reason: format!(
-                "batch of {} record(s) has no final record (ends at offset {pos})",
-                batch.len()
+                "batch of {in_batch} record(s) has no final record (ends at offset {pos})"
             ),
         });
     }

@@ -16,7 +16,8 @@ pub const ZERO_CHUNK: usize = 256 << 10;
 /// Name of the small non-empty file read first on every open (see [`probe_dma`]).
 pub const PROBE_FILE_NAME: &str = "io-probe";
 
-/// A segment file prepared under its `.prep` name: preallocated, header written, durable.
+/// A prepared segment file: preallocated, header written, durable; first under its `.prep`
+/// name, then (after [`publish`]) under its final `.wal` name.
 pub struct Prepared {
     /// Open read/write O_DIRECT handle.
     pub file: DmaFile,
@@ -24,8 +25,33 @@ pub struct Prepared {
     pub seq: u64,
     /// Its size (bytes).
     pub size: u64,
-    /// Current (`.prep`) path.
+    /// Current path.
     pub path: PathBuf,
+    /// The index in its final name (meaningful after [`publish`]).
+    pub first_index: u64,
+}
+
+/// Renames a prepared segment to `<seq>-<first_index>.wal` and makes the rename durable
+/// (directory fsync). Done in the background, so a rollover only switches files. The file then
+/// holds no records until the writer switches to it; recovery deletes such trailing unused
+/// segments.
+pub async fn publish(
+    mut p: Prepared,
+    dir: &Path,
+    dir_handle: &glommio::io::Directory,
+    first_index: u64,
+) -> Result<Prepared, WalError> {
+    let path = dir.join(format::segment_file_name(p.seq, first_index));
+    glommio::io::rename(&p.path, &path)
+        .await
+        .map_err(|e| WalError::io("rename prepared segment", &p.path, None, e))?;
+    dir_handle
+        .sync()
+        .await
+        .map_err(|e| WalError::io("sync dir", dir, None, e))?;
+    p.path = path;
+    p.first_index = first_index;
+    Ok(p)
 }
 
 /// Opens a segment file read/write with O_DIRECT.
@@ -210,5 +236,6 @@ pub async fn prepare(
         seq,
         size,
         path,
+        first_index: 0,
     })
 }

@@ -107,12 +107,20 @@ pub struct WalStats {
     pub syncs: u64,
     /// Segment rollovers.
     pub rollovers: u64,
+    /// Segments prepared (preallocated) in the background since open.
+    pub segments_prepared: u64,
+    /// Rollovers that had to wait for the background preparation to finish (the log filled a
+    /// segment faster than the next one could be zero-filled).
+    pub rollovers_waited_for_prepare: u64,
     /// Records per `fdatasync` (group size).
     pub records_per_sync: Pow2Histogram,
     /// Latency of the group `fdatasync` in microseconds.
     pub sync_latency_us: Pow2Histogram,
     /// Latency of the group `write` in microseconds.
     pub write_latency_us: Pow2Histogram,
+    /// Time appends were held by each rollover, in microseconds: waiting for the background
+    /// preparation if it had not finished, plus the rename and directory fsync.
+    pub rollover_latency_us: Pow2Histogram,
 }
 
 #[cfg(test)]

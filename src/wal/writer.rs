@@ -1,6 +1,6 @@
 //! The append queue and the single writer task (group commit, rollover), and release.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::path::PathBuf;
@@ -9,7 +9,8 @@ use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use glommio::io::{Directory, DmaFile};
-use glommio::task::JoinHandle;
+use glommio::sync::Semaphore;
+use glommio::Task;
 
 use super::format::{
     self, align_down, align_up, BLOCK_SIZE, FLAG_FIRST_IN_WRITE, FLAG_LAST_IN_BATCH,
@@ -78,14 +79,24 @@ struct Queue {
 
 /// State shared by the `Wal` handle, the writer task and release.
 pub struct Inner {
+    /// `<data-dir>/wal`.
     pub(crate) dir: PathBuf,
+    /// Open handle on `dir`, for fsyncs after renames and deletions.
     pub(crate) dir_handle: Directory,
+    /// Validated options.
     pub(crate) opts: Options,
     queue: RefCell<Queue>,
+    /// Counters since open.
     pub(crate) stats: RefCell<WalStats>,
+    /// Live segments, oldest first; the last is active.
     pub(crate) segments: SegmentList,
-    /// Serializes releases (each deletion is fsynced before the next).
-    releasing: RefCell<bool>,
+    /// Highest entry/snapshot index made durable (mirrors the writer's), read by the
+    /// background preparation to name the next segment.
+    highest_index: Cell<Option<u64>>,
+    /// Largest `first_index` used in a segment name so far: names never go backwards.
+    name_floor: Cell<u64>,
+    /// Serializes releases, so each deletion is durable before the next one starts.
+    releasing: Semaphore,
 }
 
 impl Inner {
@@ -102,7 +113,9 @@ impl Inner {
             queue: RefCell::new(Queue::default()),
             stats: RefCell::new(WalStats::default()),
             segments: RefCell::new(segments),
-            releasing: RefCell::new(false),
+            highest_index: Cell::new(None),
+            name_floor: Cell::new(0),
+            releasing: Semaphore::new(1),
         }
     }
 
@@ -154,6 +167,8 @@ impl Inner {
     async fn wait_for_work(&self) -> Option<usize> {
         poll_fn(|cx| {
             let mut q = self.queue.borrow_mut();
+            // Invariant: an appender only waits for room while something is ready to write.
+            debug_assert!(q.blocked.is_empty() || !q.ready.is_empty());
             if let Some(p) = q.ready.front() {
                 Poll::Ready(Some(p.bytes))
             } else if q.closing || q.failed.is_some() {
@@ -193,14 +208,12 @@ impl Inner {
     }
 
     pub(crate) async fn release(&self, index: u64) -> Result<usize, WalError> {
-        if std::mem::replace(&mut *self.releasing.borrow_mut(), true) {
-            return Err(WalError::InvalidBatch(
-                "release is already running on this WAL".into(),
-            ));
-        }
-        let r = self.release_inner(index).await;
-        *self.releasing.borrow_mut() = false;
-        r
+        let _permit = self
+            .releasing
+            .acquire_permit(1)
+            .await
+            .map_err(|_| WalError::Closed)?;
+        self.release_inner(index).await
     }
 
     async fn release_inner(&self, index: u64) -> Result<usize, WalError> {
@@ -231,9 +244,13 @@ impl Inner {
 
 /// The segment being appended to.
 pub struct Active {
+    /// Open O_DIRECT read/write handle.
     pub file: DmaFile,
+    /// Its path (for error messages).
     pub path: PathBuf,
+    /// Its sequence number (salts every record's crcs).
     pub seq: u64,
+    /// Its size from the segment header: records must end at or before it.
     pub size: u64,
     /// Next record offset (8-aligned).
     pub pos: u64,
@@ -244,12 +261,16 @@ pub struct Active {
 /// Latest state records, repeated at the start of every new segment.
 #[derive(Default, Clone)]
 pub struct Carry {
+    /// Latest durable hard state.
     pub hard_state: Option<Record>,
+    /// Latest durable snapshot marker.
     pub snapshot: Option<Record>,
+    /// Latest durable metadata.
     pub metadata: Option<Record>,
 }
 
 impl Carry {
+    /// Remembers `r` if it is a state record (called in log order, for durable records only).
     pub fn observe(&mut self, r: &Record) {
         match r {
             Record::HardState { .. } => self.hard_state = Some(r.clone()),
@@ -270,46 +291,55 @@ impl Carry {
 
 /// Everything the writer needs from recovery.
 pub struct WriterState {
+    /// The segment being appended to.
     pub active: Active,
+    /// State records to repeat at the start of the next segment.
     pub carry: Carry,
     /// Highest entry/snapshot index written so far.
     pub highest_index: Option<u64>,
-    /// `first_index` of the active segment.
+    /// `first_index` of the active segment (names of later segments are never below it).
     pub active_first_index: u64,
+    /// `(seq, end)` of the previous segment, written as the segment-start record when the
+    /// active segment receives its first write (`None` for the first segment of a log).
+    pub seal: Option<(u64, u64)>,
+}
+
+impl WriterState {
+    /// Bytes that open the active segment before the first appended batch (0 unless fresh).
+    fn opening_bytes(&self) -> u64 {
+        if self.active.pos != SEGMENT_HEADER_SIZE {
+            return 0;
+        }
+        let seal = if self.seal.is_some() {
+            format::SEGMENT_START_LEN
+        } else {
+            0
+        };
+        let carry: usize = self.carry.records().iter().map(format::encoded_len).sum();
+        (seal + carry) as u64
+    }
 }
 
 /// The writer task: takes every queued batch, writes them with one O_DIRECT write and one
 /// fdatasync, resolves them; rolls over to the prepared segment when the next batch does not
 /// fit. Exits when closing and drained, or after a failure (failing everything queued).
 pub async fn run(inner: Rc<Inner>, mut st: WriterState) {
+    inner.highest_index.set(st.highest_index);
+    inner.name_floor.set(st.active_first_index);
     let mut next = Some(spawn_prepare(&inner, st.active.seq + 1));
     while let Some(first_bytes) = inner.wait_for_work().await {
-        let fresh = st.active.pos == SEGMENT_HEADER_SIZE;
-        let carry_bytes: u64 = if fresh {
-            st.carry
-                .records()
-                .iter()
-                .map(|r| format::encoded_len(r) as u64)
-                .sum()
-        } else {
-            0
-        };
-        if st.active.pos + carry_bytes + first_bytes as u64 > st.active.size {
+        let opening = st.opening_bytes();
+        if st.active.pos + opening + first_bytes as u64 > st.active.size {
             if let Err(e) = rollover(&inner, &mut st, &mut next).await {
                 inner.fail(e.to_string());
                 break;
             }
             continue;
         }
-        let room = st.active.size - st.active.pos - carry_bytes;
+        let room = st.active.size - st.active.pos - opening;
         let group = inner.take_group(room);
         debug_assert!(!group.is_empty());
-        let carry = if fresh {
-            st.carry.records()
-        } else {
-            Vec::new()
-        };
-        match write_group(&inner, &mut st, &carry, &group).await {
+        match write_group(&inner, &mut st, &group).await {
             Ok(()) => {
                 for p in group {
                     p.done.complete(Ok(()));
@@ -325,61 +355,52 @@ pub async fn run(inner: Rc<Inner>, mut st: WriterState) {
             }
         }
     }
-    // Dropping `next` cancels an unfinished preparation; its `.prep` file is removed on the
+    // Dropping the task cancels an unfinished preparation; its `.prep` file is removed on the
     // next open.
     drop(next);
 }
 
-fn spawn_prepare(inner: &Rc<Inner>, seq: u64) -> JoinHandle<Result<Prepared, WalError>> {
-    let dir = inner.dir.clone();
-    let size = inner.opts.segment_size;
-    let mode = inner.opts.preallocate;
-    glommio::spawn_local(async move { segment::prepare(&dir, seq, size, mode).await }).detach()
+fn spawn_prepare(inner: &Rc<Inner>, seq: u64) -> Task<Result<Prepared, WalError>> {
+    let inner = inner.clone();
+    glommio::spawn_local(async move {
+        let opts = &inner.opts;
+        let p = segment::prepare(&inner.dir, seq, opts.segment_size, opts.preallocate).await?;
+        // Lower bound of the indexes the segment will hold (raft indexes only grow, except
+        // for overwrites after a leader change, which the name does not promise to cover).
+        let first_index = inner
+            .highest_index
+            .get()
+            .map_or(0, |h| h.saturating_add(1))
+            .max(inner.name_floor.get());
+        inner.name_floor.set(first_index);
+        let p = segment::publish(p, &inner.dir, &inner.dir_handle, first_index).await?;
+        inner.stats.borrow_mut().segments_prepared += 1;
+        Ok(p)
+    })
 }
 
 async fn rollover(
     inner: &Rc<Inner>,
     st: &mut WriterState,
-    next: &mut Option<JoinHandle<Result<Prepared, WalError>>>,
+    next: &mut Option<Task<Result<Prepared, WalError>>>,
 ) -> Result<(), WalError> {
+    let t0 = Instant::now();
+    {
+        // Every rollover consumes one prepared segment.
+        let mut s = inner.stats.borrow_mut();
+        if s.segments_prepared <= s.rollovers {
+            s.rollovers_waited_for_prepare += 1;
+        }
+    }
     let seq = st.active.seq + 1;
     let prepared = match next.take() {
-        Some(h) => match h.await {
-            Some(r) => r?,
-            None => {
-                segment::prepare(
-                    &inner.dir,
-                    seq,
-                    inner.opts.segment_size,
-                    inner.opts.preallocate,
-                )
-                .await?
-            }
-        },
-        None => {
-            segment::prepare(
-                &inner.dir,
-                seq,
-                inner.opts.segment_size,
-                inner.opts.preallocate,
-            )
-            .await?
-        }
+        Some(task) => task.await?,
+        // Only after a cancelled preparation; prepare in line.
+        None => spawn_prepare(inner, seq).await?,
     };
     debug_assert_eq!(prepared.seq, seq);
-    let first_index = st.highest_index.map_or(st.active_first_index, |i| {
-        (i + 1).max(st.active_first_index)
-    });
-    let path = inner.dir.join(format::segment_file_name(seq, first_index));
-    glommio::io::rename(&prepared.path, &path)
-        .await
-        .map_err(|e| WalError::io("rename prepared segment", &prepared.path, None, e))?;
-    // The rename must be durable before records in the new file are acknowledged.
-    inner
-        .dir_handle
-        .sync()
-        .await
-        .map_err(|e| WalError::io("sync dir", &inner.dir, None, e))?;
+    let (path, first_index) = (prepared.path.clone(), prepared.first_index);
+    st.seal = Some((st.active.seq, st.active.pos));
     let old = std::mem::replace(
         &mut st.active,
         Active {
@@ -391,7 +412,11 @@ async fn rollover(
             tail: Vec::new(),
         },
     );
-    let _ = old.file.close().await;
+    // Closing is not needed before the next write; do not hold appends for it.
+    glommio::spawn_local(async move {
+        let _ = old.file.close().await;
+    })
+    .detach();
     st.active_first_index = first_index;
     inner.segments.borrow_mut().push_back(SegmentSummary {
         seq,
@@ -399,7 +424,12 @@ async fn rollover(
         max_index: None,
         path,
     });
-    inner.stats.borrow_mut().rollovers += 1;
+    {
+        let mut s = inner.stats.borrow_mut();
+        s.rollovers += 1;
+        s.rollover_latency_us
+            .record(t0.elapsed().as_micros() as u64);
+    }
     *next = Some(spawn_prepare(inner, seq + 1));
     Ok(())
 }
@@ -407,15 +437,21 @@ async fn rollover(
 async fn write_group(
     inner: &Inner,
     st: &mut WriterState,
-    carry: &[Record],
     group: &[Pending],
 ) -> Result<(), WalError> {
+    let fresh = st.active.pos == SEGMENT_HEADER_SIZE;
+    let opening = st.opening_bytes() as usize;
+    let carry = if fresh {
+        st.carry.records()
+    } else {
+        Vec::new()
+    };
+    let seal = if fresh { st.seal } else { None };
     let a = &mut st.active;
     let start = align_down(a.pos, BLOCK_SIZE as u64);
     let tail_len = a.tail.len();
     debug_assert_eq!(start + tail_len as u64, a.pos);
-    let carry_bytes: usize = carry.iter().map(format::encoded_len).sum();
-    let new_bytes = carry_bytes + group.iter().map(|p| p.bytes).sum::<usize>();
+    let new_bytes = opening + group.iter().map(|p| p.bytes).sum::<usize>();
     let end = a.pos + new_bytes as u64;
     assert!(end <= a.size, "writer: group overruns the segment");
     let len = (align_up(end, BLOCK_SIZE as u64) - start) as usize;
@@ -425,6 +461,17 @@ async fn write_group(
     let mut off = tail_len;
     let mut first = true;
     let mut records = 0u64;
+    if let Some((prev_seq, prev_end)) = seal {
+        // Opens the segment's first write; ends the opening batch unless state records follow.
+        let mut flags = FLAG_FIRST_IN_WRITE;
+        if carry.is_empty() {
+            flags |= FLAG_LAST_IN_BATCH;
+        }
+        let n = format::SEGMENT_START_LEN;
+        format::encode_segment_start(prev_seq, prev_end, a.seq, flags, &mut b[off..off + n]);
+        off += n;
+        first = false;
+    }
     let mut emit = |batch: &[Record], b: &mut [u8], off: &mut usize| {
         for (i, r) in batch.iter().enumerate() {
             let n = format::encoded_len(r);
@@ -442,7 +489,7 @@ async fn write_group(
         }
     };
     if !carry.is_empty() {
-        emit(carry, b, &mut off);
+        emit(&carry, b, &mut off);
     }
     for p in group {
         emit(&p.records, b, &mut off);
@@ -476,6 +523,7 @@ async fn write_group(
     }
     if let Some(m) = max_index {
         st.highest_index = Some(st.highest_index.map_or(m, |h| h.max(m)));
+        inner.highest_index.set(st.highest_index);
         if let Some(s) = inner.segments.borrow_mut().back_mut() {
             debug_assert_eq!(s.seq, st.active.seq);
             s.max_index = Some(s.max_index.map_or(m, |x| x.max(m)));
@@ -483,7 +531,7 @@ async fn write_group(
     }
     let mut s = inner.stats.borrow_mut();
     s.records += records;
-    s.batches += group.len() as u64 + u64::from(!carry.is_empty());
+    s.batches += group.len() as u64 + u64::from(opening > 0);
     s.bytes += new_bytes as u64;
     s.bytes_written += len as u64;
     s.syncs += 1;
