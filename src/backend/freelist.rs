@@ -106,16 +106,30 @@ impl Freelist {
     /// Every free or pending extent, sorted and coalesced: what a meta persists (after a crash
     /// or restart nothing is pinned and the meta is durable, so all of it is reusable).
     pub(crate) fn all_extents(&self) -> Vec<(u64, u64)> {
-        let mut all: Vec<(u64, u64)> = self.free.iter().map(|(&s, &n)| (s, n)).collect();
-        for v in self.pending.values() {
-            all.extend_from_slice(v);
-        }
-        all.sort_unstable();
-        let mut out: Vec<(u64, u64)> = Vec::with_capacity(all.len());
-        for (s, n) in all {
+        // `free` is already sorted; only the (usually few) pending extents need sorting.
+        let mut pend: Vec<(u64, u64)> = self.pending.values().flatten().copied().collect();
+        pend.sort_unstable();
+        let mut out: Vec<(u64, u64)> = Vec::with_capacity(self.free.len() + pend.len());
+        let mut free = self.free.iter().map(|(&s, &n)| (s, n)).peekable();
+        let mut pend = pend.into_iter().peekable();
+        loop {
+            let next = match (free.peek(), pend.peek()) {
+                (Some(a), Some(b)) if a.0 <= b.0 => free.next(),
+                (Some(_), Some(_)) => pend.next(),
+                (Some(_), None) => free.next(),
+                (None, Some(_)) => pend.next(),
+                (None, None) => break,
+            };
+            let (s, n) = next.expect("peeked");
             match out.last_mut() {
                 Some((ls, ln)) if *ls + *ln == s => *ln += n,
-                _ => out.push((s, n)),
+                _ => {
+                    debug_assert!(
+                        out.last().is_none_or(|(ls, ln)| ls + ln <= s),
+                        "overlapping free extents"
+                    );
+                    out.push((s, n))
+                }
             }
         }
         out
