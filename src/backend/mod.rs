@@ -12,6 +12,8 @@
 //! - A [`ReadTxn`] sees exactly one published snapshot for its whole life; values borrowed from
 //!   it stay valid and unchanged until it is dropped.
 
+#![warn(missing_docs)]
+
 use std::cell::{Cell, RefCell};
 use std::cmp::Ordering;
 use std::fmt;
