@@ -384,6 +384,41 @@ pub fn check_file(path: impl AsRef<Path>) -> Result<CheckReport> {
     Ok(check::check_snapshot(&map, &snap, problems))
 }
 
+/// Whether the first `len` bytes of `file` are all zero (holes are skipped with SEEK_DATA,
+/// and the scan stops at the first non-zero byte, so this is cheap for real files).
+fn all_zero(file: &std::fs::File, len: u64) -> std::io::Result<bool> {
+    const CHUNK: usize = 1 << 20;
+    let fd = file.as_raw_fd();
+    let mut buf = vec![0u8; CHUNK];
+    let mut pos: u64 = 0;
+    while pos < len {
+        // SAFETY: plain syscalls on a descriptor we own.
+        let data = unsafe { libc::lseek(fd, pos as libc::off_t, libc::SEEK_DATA) };
+        if data < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENXIO) {
+                return Ok(true); // only a hole up to the end
+            }
+            return Err(e);
+        }
+        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
+        if hole < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let (mut at, end) = (data as u64, (hole as u64).min(len));
+        while at < end {
+            let n = ((end - at) as usize).min(CHUNK);
+            file.read_exact_at(&mut buf[..n], at)?;
+            if buf[..n].iter().any(|&b| b != 0) {
+                return Ok(false);
+            }
+            at += n as u64;
+        }
+        pos = end.max(pos + 1);
+    }
+    Ok(true)
+}
+
 async fn write_all(
     file: &glommio::io::BufferedFile,
     buf: Vec<u8>,
@@ -453,16 +488,9 @@ impl Backend {
             .metadata()
             .map_err(|e| Error::io(ctx("stat of"), e))?
             .len();
-        // A new file, or what a crash during creation leaves: at most the two meta pages, all
-        // zero (metas are written and synced before the file is sized, so a longer file
-        // always has one valid meta and a zeroed longer file is damage, refused below).
-        let fresh = len == 0
-            || (len <= 2 * ps && {
-                let mut head = vec![0u8; len as usize];
-                file.read_exact_at(&mut head, 0)
-                    .map_err(|e| Error::io(ctx("reading"), e))?;
-                head.iter().all(|&b| b == 0)
-            });
+        // A new file, or what a crash during creation can leave: nothing but zeros (there is
+        // no data to lose in it). Metas are written and synced before the file is sized.
+        let fresh = all_zero(&file, len).map_err(|e| Error::io(ctx("reading"), e))?;
         if fresh {
             // Two valid metas describing an empty database, durable before the file grows.
             for txid in 0..2u64 {

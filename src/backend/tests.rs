@@ -854,3 +854,42 @@ fn delete_heavy_cycles_keep_height_and_size_bounded() {
         assert!(sizes.windows(2).skip(1).all(|w| w[1] == w[0]), "{sizes:?}");
     });
 }
+
+/// What a crash during creation can leave (a file of zeros, sparse or not) opens as a new
+/// database; zeros after real data do not.
+#[test]
+fn zeroed_new_file_is_initialised() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a");
+    let b = dir.path().join("b");
+    std::fs::write(&a, vec![0u8; 3 * PAGE_SIZE]).unwrap();
+    std::fs::File::create(&b).unwrap().set_len(1 << 20).unwrap();
+    run(move || async move {
+        for p in [&a, &b] {
+            let db = Backend::open(p, opts()).await.unwrap();
+            assert!(db.begin_read().unwrap().tree(b"x").unwrap().is_none());
+            assert_clean(&db);
+        }
+        drop(Backend::open(&a, opts()).await.unwrap());
+        // Zero both metas of a real database: refused, not silently re-initialised.
+        let mut f = std::fs::OpenOptions::new().write(true).open(&a).unwrap();
+        use std::io::Write;
+        f.write_all(&vec![0u8; 2 * PAGE_SIZE]).unwrap();
+        drop(f);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&a)
+            .unwrap()
+            .set_len(4 * PAGE_SIZE as u64)
+            .unwrap();
+        let mut f = std::fs::OpenOptions::new().write(true).open(&a).unwrap();
+        use std::io::{Seek, SeekFrom};
+        f.seek(SeekFrom::Start(3 * PAGE_SIZE as u64)).unwrap();
+        f.write_all(&[1u8; 10]).unwrap();
+        drop(f);
+        assert!(matches!(
+            Backend::open(&a, opts()).await,
+            Err(Error::Corrupt(_))
+        ));
+    });
+}
