@@ -36,11 +36,12 @@ mod view;
 mod write;
 
 pub use check::MAX_CHECK_PROBLEMS;
+pub use freelist::MAX_FREELIST_SEGMENTS;
 pub use readers::MAX_READERS;
 pub use write::MAX_TXN_DIRTY_PAGES;
 
 use freelist::Freelist;
-use page::{Meta, FIRST_DATA_PAGE, HDR, KIND_FREELIST};
+use page::{Meta, FIRST_DATA_PAGE};
 use readers::{Registry, Snap};
 use view::{Bitmap, RawCursor, RawRange, View};
 use write::{decode_desc, TxnCore};
@@ -230,6 +231,9 @@ pub(crate) struct Shared {
 struct WriterState {
     published: Snap,
     freelist: Freelist,
+    /// The persisted freelist chain of `published` (segments oldest first, record count).
+    chain: Vec<(u64, u64)>,
+    chain_records: u64,
     durable_slot: usize,
     file_len: u64,
 }
@@ -304,42 +308,6 @@ fn read_metas(file: &std::fs::File, path: &Path, len: u64) -> Result<(Vec<u8>, V
         .map_err(|e| Error::io(format!("reading the meta pages of {}", path.display()), e))?;
     let m1 = m.split_off(PAGE_SIZE);
     Ok((m, m1))
-}
-
-/// Reads and validates the persisted freelist of `snap`.
-fn load_freelist(v: &View<'_>, snap: &Snap, path: &Path) -> Result<Vec<(u64, u64)>> {
-    if snap.freelist == 0 {
-        return Ok(Vec::new());
-    }
-    let run = v.page(snap.freelist, KIND_FREELIST)?;
-    let h = page::header(run);
-    let n = h.payload as usize;
-    if h.run as u64 != snap.freelist_pages || HDR + 16 * n > run.len() {
-        return Err(Error::Corrupt(format!(
-            "{}: freelist page {}: {n} extents in a run of {} pages (meta says {})",
-            path.display(),
-            snap.freelist,
-            h.run,
-            snap.freelist_pages
-        )));
-    }
-    let mut out = Vec::with_capacity(n);
-    let mut prev_end = FIRST_DATA_PAGE;
-    for j in 0..n {
-        let s = page::rd_u64(run, HDR + 16 * j);
-        let len = page::rd_u64(run, HDR + 16 * j + 8);
-        if len == 0 || s < prev_end || s.saturating_add(len) > snap.high_water {
-            return Err(Error::Corrupt(format!(
-                "{}: freelist page {}: extent {j} ({s}+{len}) invalid (high water {})",
-                path.display(),
-                snap.freelist,
-                snap.high_water
-            )));
-        }
-        prev_end = s + len;
-        out.push((s, len));
-    }
-    Ok(out)
 }
 
 fn snap_of(m: &Meta) -> Snap {
@@ -544,7 +512,15 @@ impl Backend {
         let bits = Bitmap::new(max_pages)
             .map_err(|e| Error::io(ctx("allocating the page bitmap of"), e))?;
         let snap = snap_of(&meta);
-        let extents = load_freelist(&View::new(&map, snap.high_water, &bits), &snap, &path)?;
+        let chain = freelist::load_chain(
+            &View::new(&map, snap.high_water, &bits),
+            snap.freelist,
+            snap.freelist_pages,
+        )
+        .map_err(|e| match e {
+            Error::Corrupt(m) => Error::Corrupt(format!("{}: {m}", path.display())),
+            e => e,
+        })?;
         let shared = Arc::new(Shared {
             path,
             _lock: file,
@@ -563,7 +539,9 @@ impl Backend {
             max_pages,
             state: RefCell::new(WriterState {
                 published: snap,
-                freelist: Freelist::from_extents(extents),
+                freelist: chain.set,
+                chain: chain.segments,
+                chain_records: chain.records,
                 durable_slot: slot,
                 file_len: len,
             }),
@@ -602,6 +580,7 @@ impl Backend {
             self.shared.clone(),
             st.published,
             st.freelist.clone(),
+            (st.chain.clone(), st.chain_records),
             self.max_pages,
         );
         self.writer_busy.set(true);
@@ -1066,6 +1045,8 @@ impl<'b> WriteTxn<'b> {
         let mut st = backend.state.borrow_mut();
         st.published = snap;
         st.freelist = core.freelist;
+        st.chain = core.chain;
+        st.chain_records = core.chain_records;
         Ok(snap.txid)
     }
 }

@@ -291,8 +291,8 @@ fn model_random_ops_with_splits_merges_and_overflow() {
         let t = r.tree(b"kv").unwrap().unwrap();
         assert_eq!(t.count(..).unwrap(), 0);
         let rep = b.check().unwrap();
-        // Only the catalog leaf and the freelist run remain reachable.
-        assert!(rep.reachable_pages <= 3, "{rep:?}");
+        // Only the catalog leaf and the (short) freelist chain remain reachable.
+        assert!(rep.reachable_pages <= 8, "{rep:?}");
     });
 }
 
