@@ -157,9 +157,9 @@ pub(crate) struct Meta {
     pub txid: u64,
     /// Root page of the catalog tree (0 = empty catalog).
     pub catalog_root: u64,
-    /// Head page of the persisted freelist run (0 = no free pages).
+    /// Head page of the newest persisted freelist segment (0 = no free pages).
     pub freelist: u64,
-    /// Pages in the freelist run.
+    /// Pages in that segment.
     pub freelist_pages: u64,
     /// Number of pages in use by the format: every page id is below this.
     pub high_water: u64,
