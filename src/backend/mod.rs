@@ -12,15 +12,20 @@
 //! - A [`ReadTxn`] sees exactly one published snapshot for its whole life; values borrowed from
 //!   it stay valid and unchanged until it is dropped.
 
+#![warn(missing_docs)]
+
 use std::cell::{Cell, RefCell};
 use std::cmp::Ordering;
 use std::fmt;
+use std::future::Future;
 use std::ops::{Bound, RangeBounds};
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
+use std::task::Poll;
 
 mod check;
 mod freelist;
@@ -31,11 +36,12 @@ mod view;
 mod write;
 
 pub use check::MAX_CHECK_PROBLEMS;
+pub use freelist::MAX_FREELIST_SEGMENTS;
 pub use readers::MAX_READERS;
 pub use write::MAX_TXN_DIRTY_PAGES;
 
 use freelist::Freelist;
-use page::{Meta, FIRST_DATA_PAGE, HDR, KIND_FREELIST};
+use page::{Meta, FIRST_DATA_PAGE};
 use readers::{Registry, Snap};
 use view::{Bitmap, RawCursor, RawRange, View};
 use write::{decode_desc, TxnCore};
@@ -201,6 +207,9 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// up to this size).
 pub const MAX_WRITE_BYTES: usize = 1 << 20;
 
+/// Most page writes one publish keeps in flight at once.
+pub const MAX_INFLIGHT_WRITES: usize = 32;
+
 /// During [`Backend::compact_into`], the copy is published and synced whenever its write
 /// transaction holds this many dirty pages, bounding memory.
 pub const COMPACT_TXN_PAGES: u64 = 16 * 1024;
@@ -222,6 +231,9 @@ pub(crate) struct Shared {
 struct WriterState {
     published: Snap,
     freelist: Freelist,
+    /// The persisted freelist chain of `published` (segments oldest first, record count).
+    chain: Vec<(u64, u64)>,
+    chain_records: u64,
     durable_slot: usize,
     file_len: u64,
 }
@@ -298,42 +310,6 @@ fn read_metas(file: &std::fs::File, path: &Path, len: u64) -> Result<(Vec<u8>, V
     Ok((m, m1))
 }
 
-/// Reads and validates the persisted freelist of `snap`.
-fn load_freelist(v: &View<'_>, snap: &Snap, path: &Path) -> Result<Vec<(u64, u64)>> {
-    if snap.freelist == 0 {
-        return Ok(Vec::new());
-    }
-    let run = v.page(snap.freelist, KIND_FREELIST)?;
-    let h = page::header(run);
-    let n = h.payload as usize;
-    if h.run as u64 != snap.freelist_pages || HDR + 16 * n > run.len() {
-        return Err(Error::Corrupt(format!(
-            "{}: freelist page {}: {n} extents in a run of {} pages (meta says {})",
-            path.display(),
-            snap.freelist,
-            h.run,
-            snap.freelist_pages
-        )));
-    }
-    let mut out = Vec::with_capacity(n);
-    let mut prev_end = FIRST_DATA_PAGE;
-    for j in 0..n {
-        let s = page::rd_u64(run, HDR + 16 * j);
-        let len = page::rd_u64(run, HDR + 16 * j + 8);
-        if len == 0 || s < prev_end || s.saturating_add(len) > snap.high_water {
-            return Err(Error::Corrupt(format!(
-                "{}: freelist page {}: extent {j} ({s}+{len}) invalid (high water {})",
-                path.display(),
-                snap.freelist,
-                snap.high_water
-            )));
-        }
-        prev_end = s + len;
-        out.push((s, len));
-    }
-    Ok(out)
-}
-
 fn snap_of(m: &Meta) -> Snap {
     Snap {
         txid: m.txid,
@@ -376,6 +352,41 @@ pub fn check_file(path: impl AsRef<Path>) -> Result<CheckReport> {
     Ok(check::check_snapshot(&map, &snap, problems))
 }
 
+/// Whether the first `len` bytes of `file` are all zero (holes are skipped with SEEK_DATA,
+/// and the scan stops at the first non-zero byte, so this is cheap for real files).
+fn all_zero(file: &std::fs::File, len: u64) -> std::io::Result<bool> {
+    const CHUNK: usize = 1 << 20;
+    let fd = file.as_raw_fd();
+    let mut buf = vec![0u8; CHUNK];
+    let mut pos: u64 = 0;
+    while pos < len {
+        // SAFETY: plain syscalls on a descriptor we own.
+        let data = unsafe { libc::lseek(fd, pos as libc::off_t, libc::SEEK_DATA) };
+        if data < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENXIO) {
+                return Ok(true); // only a hole up to the end
+            }
+            return Err(e);
+        }
+        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
+        if hole < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let (mut at, end) = (data as u64, (hole as u64).min(len));
+        while at < end {
+            let n = ((end - at) as usize).min(CHUNK);
+            file.read_exact_at(&mut buf[..n], at)?;
+            if buf[..n].iter().any(|&b| b != 0) {
+                return Ok(false);
+            }
+            at += n as u64;
+        }
+        pos = end.max(pos + 1);
+    }
+    Ok(true)
+}
+
 async fn write_all(
     file: &glommio::io::BufferedFile,
     buf: Vec<u8>,
@@ -407,7 +418,8 @@ impl Backend {
     ///
     /// Picks the valid meta page with the highest txid whose high-water mark fits in the file;
     /// refuses with [`Error::Corrupt`] if neither does, and with [`Error::Locked`] if the file
-    /// is open elsewhere (also in this process). An empty file is initialised.
+    /// is open elsewhere (also in this process). An empty file (or one holding at most two
+    /// zeroed pages, as a crash during creation leaves) is initialised.
     pub async fn open(path: impl AsRef<Path>, options: Options) -> Result<Backend> {
         let path = path.as_ref().to_path_buf();
         let ps = PAGE_SIZE as u64;
@@ -444,11 +456,21 @@ impl Backend {
             .metadata()
             .map_err(|e| Error::io(ctx("stat of"), e))?
             .len();
-        if len == 0 {
-            // New file: two valid metas describing an empty database.
-            let init_len = grow_step.max(4 * ps).min(max_pages * ps);
-            file.set_len(init_len)
-                .map_err(|e| Error::io(ctx("sizing new file"), e))?;
+        // A new file, or what a crash during creation can leave: nothing but zeros, or just the
+        // first (empty) meta page; there is no data to lose in either. Metas are written and
+        // synced before the file is sized.
+        let fresh = all_zero(&file, len).map_err(|e| Error::io(ctx("reading"), e))?
+            || (len >= ps && len < 2 * ps && {
+                // Only the first meta of a new file got written: an empty database.
+                let mut p0 = vec![0u8; PAGE_SIZE];
+                file.read_exact_at(&mut p0, 0)
+                    .map_err(|e| Error::io(ctx("reading"), e))?;
+                Meta::decode(&p0).is_ok_and(|m| {
+                    m.catalog_root == 0 && m.freelist == 0 && m.high_water == FIRST_DATA_PAGE
+                })
+            });
+        if fresh {
+            // Two valid metas describing an empty database, durable before the file grows.
             for txid in 0..2u64 {
                 let m = Meta {
                     txid,
@@ -459,6 +481,13 @@ impl Backend {
                 };
                 write_all(&gfile, m.encode(), txid * ps, &path).await?;
             }
+            gfile
+                .fdatasync()
+                .await
+                .map_err(|e| Error::io(ctx("fdatasync of new file"), e.into()))?;
+            let init_len = grow_step.max(4 * ps).min(max_pages * ps);
+            file.set_len(init_len)
+                .map_err(|e| Error::io(ctx("sizing new file"), e))?;
             gfile
                 .fdatasync()
                 .await
@@ -493,7 +522,15 @@ impl Backend {
         let bits = Bitmap::new(max_pages)
             .map_err(|e| Error::io(ctx("allocating the page bitmap of"), e))?;
         let snap = snap_of(&meta);
-        let extents = load_freelist(&View::new(&map, snap.high_water, &bits), &snap, &path)?;
+        let chain = freelist::load_chain(
+            &View::new(&map, snap.high_water, &bits),
+            snap.freelist,
+            snap.freelist_pages,
+        )
+        .map_err(|e| match e {
+            Error::Corrupt(m) => Error::Corrupt(format!("{}: {m}", path.display())),
+            e => e,
+        })?;
         let shared = Arc::new(Shared {
             path,
             _lock: file,
@@ -512,7 +549,9 @@ impl Backend {
             max_pages,
             state: RefCell::new(WriterState {
                 published: snap,
-                freelist: Freelist::from_extents(extents),
+                freelist: chain.set,
+                chain: chain.segments,
+                chain_records: chain.records,
                 durable_slot: slot,
                 file_len: len,
             }),
@@ -551,6 +590,7 @@ impl Backend {
             self.shared.clone(),
             st.published,
             st.freelist.clone(),
+            (st.chain.clone(), st.chain_records),
             self.max_pages,
         );
         self.writer_busy.set(true);
@@ -701,8 +741,10 @@ impl Backend {
         Ok(())
     }
 
-    /// Writes sealed pages (sorted by id), coalescing contiguous ones.
+    /// Writes sealed pages (sorted by id): contiguous ones coalesced into one `write_at` (at
+    /// most [`MAX_WRITE_BYTES`]), up to [`MAX_INFLIGHT_WRITES`] writes in flight at once.
     async fn write_pages(&self, pages: Vec<(u64, Vec<u8>)>) -> Result<()> {
+        let mut groups: Vec<(u64, Vec<u8>)> = Vec::new();
         let mut it = pages.into_iter().peekable();
         while let Some((start, mut buf)) = it.next() {
             let mut end = start + (buf.len() / PAGE_SIZE) as u64;
@@ -714,10 +756,50 @@ impl Backend {
                 end += (b.len() / PAGE_SIZE) as u64;
                 buf.extend_from_slice(&b);
             }
-            write_all(&self.file, buf, start * PAGE_SIZE as u64, &self.shared.path).await?;
+            groups.push((start * PAGE_SIZE as u64, buf));
         }
-        Ok(())
+        let mut groups = groups.into_iter();
+        loop {
+            let batch: Vec<_> = groups
+                .by_ref()
+                .take(MAX_INFLIGHT_WRITES)
+                .map(|(pos, buf)| write_all(&self.file, buf, pos, &self.shared.path))
+                .collect();
+            if batch.is_empty() {
+                return Ok(());
+            }
+            join_all(batch).await?;
+        }
     }
+}
+
+/// Runs all futures concurrently to completion; the first error, if any.
+async fn join_all<F: Future<Output = Result<()>>>(futs: Vec<F>) -> Result<()> {
+    let mut futs: Vec<Option<Pin<Box<F>>>> = futs.into_iter().map(|f| Some(Box::pin(f))).collect();
+    let mut first_err = None;
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for slot in futs.iter_mut() {
+            if let Some(f) = slot {
+                match f.as_mut().poll(cx) {
+                    Poll::Ready(r) => {
+                        *slot = None;
+                        if let Err(e) = r {
+                            first_err.get_or_insert(e);
+                        }
+                    }
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    first_err.map_or(Ok(()), Err)
 }
 
 impl Reader {
@@ -973,6 +1055,8 @@ impl<'b> WriteTxn<'b> {
         let mut st = backend.state.borrow_mut();
         st.published = snap;
         st.freelist = core.freelist;
+        st.chain = core.chain;
+        st.chain_records = core.chain_records;
         Ok(snap.txid)
     }
 }
