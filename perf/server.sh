@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Reproduces perf/server.md: corekv-bench put/range against a fresh corekv on loopback,
+# with the disk's raw write+fdatasync latency measured in the same run (the physical limit).
+# Usage: perf/server.sh [rounds]   (default 3 rounds per workload; medians are reported)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${1:-3}
+PORT=${PORT:-23790}
+cargo build --release -q -p corekv -p corekv-bench
+DIR=$(mktemp -d /tmp/corekv-perf.XXXXXX)
+BENCH=./target/release/corekv-bench
+./target/release/corekv --data-dir "$DIR/data" --listen-client-urls "127.0.0.1:$PORT" --log-level warn > "$DIR/server.out" 2>&1 &
+SERVER=$!
+trap 'kill "$SERVER" 2>/dev/null || true; wait "$SERVER" 2>/dev/null || true; rm -rf "$DIR"' EXIT
+for _ in $(seq 1 600); do grep -q "listening for clients" "$DIR/server.out" && break; sleep 0.1; done
+grep -q "listening for clients" "$DIR/server.out" || { cat "$DIR/server.out"; echo "server did not start"; exit 1; }
+
+RESULTS="$DIR/results.jsonl"
+run() { # name, then corekv-bench arguments
+  local name=$1; shift
+  for r in $(seq 1 "$ROUNDS"); do
+    echo "$name round $r: corekv-bench $*" >&2
+    "$BENCH" "$@" --endpoints "127.0.0.1:$PORT" --json | sed "s/^{/{\"name\":\"$name\",/" >> "$RESULTS"
+  done
+}
+run "put, 1 client" put --clients 1 --conns 1 --total 3000
+run "put, 256 clients / 16 conns" put --clients 256 --conns 16 --total 100000
+run "range 1 key serializable, 1 client" range --clients 1 --conns 1 --total 20000 --key-space-size 10000 --consistency s
+run "range 1 key linearizable, 1 client" range --clients 1 --conns 1 --total 20000 --key-space-size 10000 --consistency l
+run "range 1 key serializable, 256 clients / 16 conns" range --clients 256 --conns 16 --total 300000 --key-space-size 10000 --consistency s
+run "range 1 key linearizable, 256 clients / 16 conns" range --clients 256 --conns 16 --total 300000 --key-space-size 10000 --consistency l
+
+echo "physical limit: corekv-bench wal --appenders 1 (raw write+fdatasync baseline)" >&2
+"$BENCH" wal --dir "$DIR/walbench" --appenders 1 --duration 2 --reps 1 > "$DIR/wal.txt" 2>&1 || true
+
+python3 - "$RESULTS" "$DIR/wal.txt" <<'PY'
+import json, statistics, sys, platform, subprocess, datetime
+rows = {}
+for line in open(sys.argv[1]):
+    d = json.loads(line)
+    rows.setdefault(d["name"], []).append(d)
+print("| workload | throughput (req/s) | p50 µs | p99 µs | p99.9 µs | errors |")
+print("| --- | ---: | ---: | ---: | ---: | ---: |")
+for name, runs in rows.items():
+    med = lambda f: statistics.median(f(r) for r in runs)
+    errs = sum(sum(e["count"] for e in r["errors"]) for r in runs)
+    print(f"| {name} | {med(lambda r: r['throughput']):,.0f} | {med(lambda r: r['latency_us']['p50']):,.0f} | "
+          f"{med(lambda r: r['latency_us']['p99']):,.0f} | {med(lambda r: r['latency_us']['p999']):,.0f} | {errs} |")
+print()
+print("Raw disk limit in the same run (`corekv-bench wal --appenders 1`):")
+print()
+print("```")
+print(open(sys.argv[2]).read().strip())
+print("```")
+PY
