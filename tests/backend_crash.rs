@@ -309,18 +309,9 @@ fn crash_sigkill_keeps_a_synced_prefix() {
             let report = b.check().expect("check()");
             let k = marker(&b).unwrap();
             let r = b.begin_read().unwrap();
-            // Copy the state out so it can be compared after the executor ends.
-            let mut state = Model::default();
-            for name in [A.0, B.0, C.0, META.0] {
-                let order = [A, B, C, META].iter().find(|t| t.0 == name).unwrap().1;
-                if let Some(t) = r.tree(name).unwrap() {
-                    let mt = state.tree_mut(name, order);
-                    for item in t.range(..).unwrap() {
-                        let (key, v) = item.unwrap();
-                        mt.put(key, v);
-                    }
-                }
-            }
+            // Copied out so it can be compared after the executor ends.
+            let state = snapshot_to_model(&r, &[A, B, C, META])
+                .unwrap_or_else(|e| panic!("reading the recovered state: {e}"));
             (k, report.problems, state)
         });
         assert!(
@@ -350,20 +341,4 @@ fn crash_sigkill_keeps_a_synced_prefix() {
             log.synced_lines
         );
     }
-}
-
-fn compare_models(got: &Model, want: &Model) -> Result<(), String> {
-    let gn: Vec<_> = got.trees.keys().map(|k| show(k)).collect();
-    let wn: Vec<_> = want.trees.keys().map(|k| show(k)).collect();
-    if gn != wn {
-        return Err(format!("trees {gn:?}, expected {wn:?}"));
-    }
-    for (name, gt) in &got.trees {
-        let wt = &want.trees[name];
-        let g = gt.range(std::ops::Bound::Unbounded, std::ops::Bound::Unbounded);
-        let w = wt.range(std::ops::Bound::Unbounded, std::ops::Bound::Unbounded);
-        let g_ref: Vec<(&[u8], &[u8])> = g.iter().map(|(k, v)| (k.as_slice(), &**v)).collect();
-        compare_entries(&format!("tree {}", show(name)), &g_ref, &w)?;
-    }
-    Ok(())
 }

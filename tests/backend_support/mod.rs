@@ -440,3 +440,40 @@ pub const MAX_KEY: usize = MAX_KEY_SIZE;
 pub fn deadline(secs: u64) -> std::time::Instant {
     std::time::Instant::now() + std::time::Duration::from_secs(secs)
 }
+
+/// Compares two models tree by tree (names, then entries in order).
+pub fn compare_models(got: &Model, want: &Model) -> Result<(), String> {
+    let gn: Vec<_> = got.trees.keys().map(|k| show(k)).collect();
+    let wn: Vec<_> = want.trees.keys().map(|k| show(k)).collect();
+    if gn != wn {
+        return Err(format!("trees {gn:?}, expected {wn:?}"));
+    }
+    for (name, gt) in &got.trees {
+        let wt = &want.trees[name];
+        let g = gt.range(Bound::Unbounded, Bound::Unbounded);
+        let w = wt.range(Bound::Unbounded, Bound::Unbounded);
+        let g_ref: Vec<(&[u8], &[u8])> = g.iter().map(|(k, v)| (k.as_slice(), &**v)).collect();
+        compare_entries(&format!("tree {}", show(name)), &g_ref, &w)?;
+    }
+    Ok(())
+}
+
+/// Copies the trees `names` (with their orders) of a snapshot into a model; trees absent from
+/// the snapshot are absent from the model. Any read error is returned.
+pub fn snapshot_to_model(txn: &ReadTxn, names: &[(&[u8], KeyOrder)]) -> Result<Model, String> {
+    let mut m = Model::default();
+    for (name, order) in names {
+        let Some(t) = txn
+            .tree(name)
+            .map_err(|e| format!("tree({}): {e}", show(name)))?
+        else {
+            continue;
+        };
+        let mt = m.tree_mut(name, *order);
+        for item in t.range(..).map_err(|e| format!("range: {e}"))? {
+            let (k, v) = item.map_err(|e| format!("tree {} range item: {e}", show(name)))?;
+            mt.put(k, v);
+        }
+    }
+    Ok(m)
+}
