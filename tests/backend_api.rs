@@ -1,0 +1,770 @@
+//! API edges of the backend: the file lock, size limits, WriterBusy, key orders, compaction,
+//! values at size thresholds, empty keys/values, aborts, page reuse, snapshots that outlive
+//! their `Backend`, stats.
+
+// Explicit drops release a lock, pin or write transaction; against the API skeleton these
+// types have no drop glue yet, which is all this lint sees.
+#![allow(clippy::drop_non_drop)]
+
+mod backend_support;
+
+use std::ops::Bound;
+
+use backend_support::*;
+use corekv::backend::{
+    Backend, Error, KeyOrder, Options, ReadTxn, Reader, MAX_KEY_SIZE, MAX_TREE_NAME_SIZE,
+    MAX_VALUE_SIZE, PAGE_SIZE,
+};
+
+const LOCK_CHILD_ENV: &str = "COREKV_LOCK_CHILD_DB";
+
+/// Compile-time: the thread-safety the contract promises.
+#[test]
+fn reader_and_read_txn_are_thread_safe() {
+    fn send_sync_clone<T: Send + Sync + Clone>() {}
+    fn send<T: Send>() {}
+    send_sync_clone::<Reader>();
+    send::<ReadTxn>();
+}
+
+#[test]
+fn key_order_compare_matches_the_model() {
+    let prefixes: [&[u8]; 6] = [b"", b"a", b"aa", b"ab", b"a\xff", b"b"];
+    let nums = [0u64, 1, 255, 256, 1 << 56, 0x6100_0000_0000_0000, u64::MAX];
+    let mut keys = Vec::new();
+    for p in prefixes {
+        for n in nums {
+            keys.push(pkey(p, n));
+        }
+    }
+    for a in &keys {
+        for b in &keys {
+            for order in [KeyOrder::Bytewise, KeyOrder::PrefixThenU64] {
+                assert_eq!(
+                    order.compare(a, b),
+                    model_compare(order, a, b),
+                    "{order:?}.compare({a:?}, {b:?})"
+                );
+            }
+        }
+    }
+    // The case where the two orders disagree.
+    let (x, y) = (pkey(b"a", u64::MAX), pkey(b"aa", 0));
+    assert!(KeyOrder::PrefixThenU64.compare(&x, &y).is_lt());
+    assert!(KeyOrder::Bytewise.compare(&x, &y).is_gt());
+}
+
+#[test]
+fn second_open_of_a_locked_file_is_refused() {
+    on_executor(|| async {
+        let dir = temp_dir();
+        let path = dir.path().join("lock.corekv");
+        let b = Backend::open(&path, Options::default()).await.unwrap();
+        // In this process (a POSIX fcntl lock would wrongly allow this).
+        match Backend::open(&path, Options::default()).await {
+            Err(Error::Locked(p)) => assert_eq!(p, path),
+            Err(e) => panic!("second open: expected Locked, got {e:?}"),
+            Ok(_) => panic!("second open of a locked file succeeded"),
+        }
+        // From another process.
+        let out = child_command("lock_child")
+            .env(LOCK_CHILD_ENV, &path)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("lock child: Locked"),
+            "child open: {:?}\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Released when the Backend is dropped.
+        drop(b);
+        let b = Backend::open(&path, Options::default()).await.unwrap();
+        drop(b);
+    });
+}
+
+/// Child of `second_open_of_a_locked_file_is_refused`: prints how its open ended.
+#[test]
+fn lock_child() {
+    let Ok(path) = std::env::var(LOCK_CHILD_ENV) else {
+        return;
+    };
+    on_executor(move || async move {
+        match Backend::open(&path, Options::default()).await {
+            Err(Error::Locked(_)) => println!("lock child: Locked"),
+            Err(e) => println!("lock child: other error {e:?}"),
+            Ok(_) => println!("lock child: opened"),
+        }
+    });
+}
+
+#[test]
+fn open_of_a_bad_path_is_an_io_error() {
+    on_executor(|| async {
+        let dir = temp_dir();
+        for path in [
+            dir.path().join("no/such/dir/x.corekv"),
+            dir.path().to_path_buf(),
+        ] {
+            match Backend::open(&path, Options::default()).await {
+                Err(Error::Io { context, .. }) => assert!(!context.is_empty()),
+                Err(e) => panic!("{}: expected Io, got {e:?}", path.display()),
+                Ok(_) => panic!("{}: opened", path.display()),
+            }
+        }
+    });
+}
+
+fn assert_too_large<T: std::fmt::Debug>(
+    r: corekv::backend::Result<T>,
+    what: &str,
+    size: usize,
+    limit: usize,
+) {
+    match r {
+        Err(Error::TooLarge {
+            what: w,
+            size: s,
+            limit: l,
+        }) => {
+            assert_eq!((w, s, l), (what, size, limit), "TooLarge fields");
+        }
+        other => panic!("{what} of {size} bytes: expected TooLarge, got {other:?}"),
+    }
+}
+
+#[test]
+fn size_limits_are_enforced_and_named() {
+    on_executor(|| async {
+        let dir = temp_dir();
+        let b = Backend::open(dir.path().join("limits.corekv"), Options::default())
+            .await
+            .unwrap();
+        let max_key = vec![b'k'; MAX_KEY_SIZE];
+        let big_key = vec![b'k'; MAX_KEY_SIZE + 1];
+        let max_name = vec![b'n'; MAX_TREE_NAME_SIZE];
+        let big_name = vec![b'n'; MAX_TREE_NAME_SIZE + 1];
+        let max_value = det_bytes(7, MAX_VALUE_SIZE);
+        let big_value = vec![0u8; MAX_VALUE_SIZE + 1];
+        {
+            let mut w = b.begin_write().unwrap();
+            assert_too_large(
+                w.open_tree(&big_name, KeyOrder::Bytewise).map(|_| ()),
+                "tree name",
+                MAX_TREE_NAME_SIZE + 1,
+                MAX_TREE_NAME_SIZE,
+            );
+            {
+                let mut t = w.open_tree(&max_name, KeyOrder::Bytewise).unwrap();
+                assert_too_large(t.put(&big_key, b"v"), "key", MAX_KEY_SIZE + 1, MAX_KEY_SIZE);
+                assert_too_large(
+                    t.put(b"k", &big_value),
+                    "value",
+                    MAX_VALUE_SIZE + 1,
+                    MAX_VALUE_SIZE,
+                );
+                // Lookups with an oversized key: an error or "absent", never a panic.
+                match t.get(&big_key) {
+                    Ok(None) | Err(Error::TooLarge { .. }) => {}
+                    other => panic!("get of an oversized key: {other:?}"),
+                }
+                match t.delete(&big_key) {
+                    Ok(false) | Err(Error::TooLarge { .. }) => {}
+                    other => panic!("delete of an oversized key: {other:?}"),
+                }
+                t.put(&max_key, b"max key").unwrap();
+                t.put(b"max value", &max_value).unwrap();
+            }
+            // A failed put leaves the transaction usable and unchanged.
+            let t = w.open_tree(&max_name, KeyOrder::Bytewise).unwrap();
+            assert_eq!(t.get(b"k").unwrap(), None);
+            assert_eq!(t.get(&max_key).unwrap().as_deref(), Some(&b"max key"[..]));
+            w.publish().await.unwrap();
+        }
+        b.sync().await.unwrap();
+        let r = b.begin_read().unwrap();
+        match r.tree(&big_name) {
+            Ok(None) | Err(Error::TooLarge { .. }) => {}
+            other => panic!(
+                "tree() with an oversized name: {:?}",
+                other.map(|t| t.is_some())
+            ),
+        }
+        let t = r.tree(&max_name).unwrap().unwrap();
+        assert_eq!(t.get(&max_key).unwrap(), Some(&b"max key"[..]));
+        assert!(t.get(b"max value").unwrap().unwrap() == &max_value[..]);
+        match t.get(&big_key) {
+            Ok(None) | Err(Error::TooLarge { .. }) => {}
+            other => panic!("snapshot get of an oversized key: {other:?}"),
+        }
+        assert_eq!(t.count(..).unwrap(), 2);
+        let report = b.check().unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+    });
+}
+
+#[test]
+fn writer_busy_while_a_write_txn_is_open() {
+    on_executor(|| async {
+        let dir = temp_dir();
+        let b = Backend::open(dir.path().join("busy.corekv"), Options::default())
+            .await
+            .unwrap();
+        let mut w = b.begin_write().unwrap();
+        assert!(matches!(b.begin_write(), Err(Error::WriterBusy)));
+        w.open_tree(b"t", KeyOrder::Bytewise)
+            .unwrap()
+            .put(b"a", b"1")
+            .unwrap();
+        drop(w); // abort
+        let w = b.begin_write().expect("begin_write after an abort");
+        assert!(matches!(b.begin_write(), Err(Error::WriterBusy)));
+        w.publish().await.unwrap();
+        let mut w = b.begin_write().expect("begin_write after a publish");
+        w.open_tree(b"t", KeyOrder::Bytewise)
+            .unwrap()
+            .put(b"b", b"2")
+            .unwrap();
+        w.publish().await.unwrap();
+        let r = b.begin_read().unwrap();
+        let t = r.tree(b"t").unwrap().unwrap();
+        assert_eq!(t.get(b"a").unwrap(), None, "the aborted put is invisible");
+        assert_eq!(t.get(b"b").unwrap(), Some(&b"2"[..]));
+    });
+}
+
+#[test]
+fn key_order_mismatch_in_txn_and_after_reopen() {
+    on_executor(|| async {
+        let dir = temp_dir();
+        let path = dir.path().join("order.corekv");
+        {
+            let b = Backend::open(&path, Options::default()).await.unwrap();
+            let mut w = b.begin_write().unwrap();
+            w.open_tree(b"mvcc", KeyOrder::PrefixThenU64)
+                .unwrap()
+                .put(&pkey(b"a", 1), b"x")
+                .unwrap();
+            // In the transaction that created it.
+            match w.open_tree(b"mvcc", KeyOrder::Bytewise) {
+                Err(Error::KeyOrderMismatch { tree }) => assert_eq!(tree, "mvcc"),
+                other => panic!("expected KeyOrderMismatch, got {:?}", other.map(|_| ())),
+            }
+            w.publish().await.unwrap();
+            let mut w = b.begin_write().unwrap();
+            assert!(matches!(
+                w.open_tree(b"mvcc", KeyOrder::Bytewise),
+                Err(Error::KeyOrderMismatch { .. })
+            ));
+            drop(w);
+            b.sync().await.unwrap();
+        }
+        let b = Backend::open(&path, Options::default()).await.unwrap();
+        let mut w = b.begin_write().unwrap();
+        match w.open_tree(b"mvcc", KeyOrder::Bytewise) {
+            Err(Error::KeyOrderMismatch { tree }) => assert_eq!(tree, "mvcc"),
+            other => panic!(
+                "after reopen: expected KeyOrderMismatch, got {:?}",
+                other.map(|_| ())
+            ),
+        }
+        // The right order still works, and the data is there.
+        let t = w.open_tree(b"mvcc", KeyOrder::PrefixThenU64).unwrap();
+        assert_eq!(t.get(&pkey(b"a", 1)).unwrap().as_deref(), Some(&b"x"[..]));
+        drop(w);
+        // A dropped tree can be recreated with the other order.
+        let mut w = b.begin_write().unwrap();
+        assert!(w.drop_tree(b"mvcc").unwrap());
+        assert!(!w.drop_tree(b"mvcc").unwrap());
+        w.open_tree(b"mvcc", KeyOrder::Bytewise)
+            .unwrap()
+            .put(b"z", b"1")
+            .unwrap();
+        w.publish().await.unwrap();
+        let r = b.begin_read().unwrap();
+        let t = r.tree(b"mvcc").unwrap().unwrap();
+        assert_eq!(t.count(..).unwrap(), 1);
+        assert_eq!(t.get(b"z").unwrap(), Some(&b"1"[..]));
+    });
+}
+
+/// Value sizes around page and overflow thresholds, with short and maximal keys, survive
+/// publish, sync and reopen byte for byte.
+#[test]
+fn values_at_size_thresholds_round_trip() {
+    const SIZES: &[usize] = &[
+        0,
+        1,
+        2,
+        PAGE_SIZE / 4,
+        PAGE_SIZE / 2 - 1,
+        PAGE_SIZE / 2,
+        PAGE_SIZE / 2 + 1,
+        PAGE_SIZE - 100,
+        PAGE_SIZE - 1,
+        PAGE_SIZE,
+        PAGE_SIZE + 1,
+        2 * PAGE_SIZE - 1,
+        2 * PAGE_SIZE,
+        2 * PAGE_SIZE + 1,
+        10 * PAGE_SIZE,
+        1 << 20,
+        3 << 19, // 1.5 MiB
+        (3 << 19) + 1,
+    ];
+    on_executor(|| async {
+        let dir = temp_dir();
+        let path = dir.path().join("sizes.corekv");
+        let mut model = Model::default();
+        {
+            let b = Backend::open(&path, Options::default()).await.unwrap();
+            let mut w = b.begin_write().unwrap();
+            for (i, &len) in SIZES.iter().enumerate() {
+                for key in [format!("s/{i:02}").into_bytes(), {
+                    let mut k = vec![b'K'; MAX_KEY_SIZE - 2];
+                    k.extend_from_slice(format!("{i:02}").as_bytes());
+                    k
+                }] {
+                    let v = det_bytes(i as u64, len);
+                    w.open_tree(b"sizes", KeyOrder::Bytewise)
+                        .unwrap()
+                        .put(&key, &v)
+                        .unwrap();
+                    model.tree_mut(b"sizes", KeyOrder::Bytewise).put(&key, &v);
+                }
+            }
+            w.publish().await.unwrap();
+            let r = b.begin_read().unwrap();
+            verify_snapshot(&r, &model, &[]).unwrap();
+            b.sync().await.unwrap();
+            let report = b.check().unwrap();
+            assert!(report.problems.is_empty(), "{:?}", report.problems);
+        }
+        let b = Backend::open(&path, Options::default()).await.unwrap();
+        let r = b.begin_read().unwrap();
+        verify_snapshot(&r, &model, &[]).unwrap();
+        // Overwrite each value with one of another size class, and back.
+        let mut w = b.begin_write().unwrap();
+        for i in 0..SIZES.len() {
+            let key = format!("s/{i:02}").into_bytes();
+            let other = SIZES[(i + 7) % SIZES.len()];
+            let v = det_bytes(1000 + i as u64, other);
+            w.open_tree(b"sizes", KeyOrder::Bytewise)
+                .unwrap()
+                .put(&key, &v)
+                .unwrap();
+            model.tree_mut(b"sizes", KeyOrder::Bytewise).put(&key, &v);
+        }
+        w.publish().await.unwrap();
+        verify_snapshot(&b.begin_read().unwrap(), &model, &[]).unwrap();
+        let report = b.check().unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+    });
+}
+
+/// Many keys of the maximum size force splits where a page holds few keys.
+#[test]
+fn many_maximal_keys() {
+    on_executor(|| async {
+        let dir = temp_dir();
+        let b = Backend::open(dir.path().join("bigkeys.corekv"), Options::default())
+            .await
+            .unwrap();
+        let mut model = Model::default();
+        for round in 0..3u64 {
+            let mut w = b.begin_write().unwrap();
+            for i in 0..40u64 {
+                let n = i * 3 + round;
+                for (name, order) in [
+                    (&b"bw"[..], KeyOrder::Bytewise),
+                    (&b"pu"[..], KeyOrder::PrefixThenU64),
+                ] {
+                    // Keys differ only in their last bytes: long common prefixes.
+                    let key = match order {
+                        KeyOrder::Bytewise => {
+                            let mut k = vec![b'x'; MAX_KEY_SIZE - 8];
+                            k.extend_from_slice(&n.to_be_bytes());
+                            k
+                        }
+                        KeyOrder::PrefixThenU64 => {
+                            pkey(&vec![(n % 3) as u8; MAX_KEY_SIZE - 8], u64::MAX - n)
+                        }
+                    };
+                    let v = det_bytes(n, (n as usize * 97) % 3000);
+                    w.open_tree(name, order).unwrap().put(&key, &v).unwrap();
+                    model.tree_mut(name, order).put(&key, &v);
+                }
+            }
+            w.publish().await.unwrap();
+            verify_snapshot(&b.begin_read().unwrap(), &model, &[]).unwrap();
+        }
+        // Delete every other key.
+        let mut w = b.begin_write().unwrap();
+        for (name, t) in model.trees.iter_mut() {
+            let keys: Vec<_> = t.entries.keys().step_by(2).map(SortKey::bytes).collect();
+            let mut tm = w.open_tree(name, t.order).unwrap();
+            for k in keys {
+                assert!(tm.delete(&k).unwrap());
+                t.delete(&k);
+            }
+        }
+        w.publish().await.unwrap();
+        verify_snapshot(&b.begin_read().unwrap(), &model, &[]).unwrap();
+        let report = b.check().unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+    });
+}
+
+#[test]
+fn empty_key_and_empty_value() {
+    on_executor(|| async {
+        let dir = temp_dir();
+        let b = Backend::open(dir.path().join("empty.corekv"), Options::default())
+            .await
+            .unwrap();
+        let mut w = b.begin_write().unwrap();
+        {
+            let mut t = w.open_tree(b"t", KeyOrder::Bytewise).unwrap();
+            t.put(b"", b"empty key").unwrap();
+            t.put(b"a", b"").unwrap();
+            assert_eq!(t.get(b"").unwrap().as_deref(), Some(&b"empty key"[..]));
+        }
+        w.publish().await.unwrap();
+        let r = b.begin_read().unwrap();
+        let t = r.tree(b"t").unwrap().unwrap();
+        assert_eq!(t.get(b"").unwrap(), Some(&b"empty key"[..]));
+        assert_eq!(t.get(b"a").unwrap(), Some(&b""[..]));
+        let all: Vec<_> = t.range(..).unwrap().map(|e| e.unwrap()).collect();
+        assert_eq!(
+            all,
+            vec![(&b""[..], &b"empty key"[..]), (&b"a"[..], &b""[..])]
+        );
+        let from_empty: Vec<_> = t
+            .range((Bound::Excluded(&b""[..]), Bound::Unbounded))
+            .unwrap()
+            .map(|e| e.unwrap().0)
+            .collect();
+        assert_eq!(from_empty, vec![&b"a"[..]]);
+        assert_eq!(
+            t.cursor().seek(b"").unwrap(),
+            Some((&b""[..], &b"empty key"[..]))
+        );
+        assert_eq!(
+            t.cursor().seek_for_prev(b"").unwrap(),
+            Some((&b""[..], &b"empty key"[..]))
+        );
+    });
+}
+
+/// Keys too short for `PrefixThenU64` (< 8 bytes): an error or a working entry, never a panic.
+#[test]
+fn prefix_then_u64_short_keys_do_not_panic() {
+    on_executor(|| async {
+        let dir = temp_dir();
+        let b = Backend::open(dir.path().join("short.corekv"), Options::default())
+            .await
+            .unwrap();
+        let mut w = b.begin_write().unwrap();
+        let mut accepted = Vec::new();
+        {
+            let mut t = w.open_tree(b"p", KeyOrder::PrefixThenU64).unwrap();
+            t.put(&pkey(b"x", 5), b"ok").unwrap();
+            for len in 0..8usize {
+                let k = vec![b'x'; len];
+                if t.put(&k, b"short").is_ok() {
+                    accepted.push(k.clone());
+                }
+                let _ = t.get(&k);
+                let _ = t.scan((Bound::Included(&k[..]), Bound::Unbounded), 10);
+            }
+        }
+        w.publish().await.unwrap();
+        let r = b.begin_read().unwrap();
+        let t = r.tree(b"p").unwrap().unwrap();
+        for k in &accepted {
+            assert_eq!(
+                t.get(k).unwrap(),
+                Some(&b"short"[..]),
+                "accepted short key {k:?}"
+            );
+        }
+        assert_eq!(t.count(..).unwrap(), 1 + accepted.len() as u64);
+        for len in 0..8usize {
+            let k = vec![b'x'; len];
+            let _ = t.cursor().seek(&k);
+            let _ = t.cursor().seek_for_prev(&k);
+            let _ = t.count((Bound::Excluded(&k[..]), Bound::Unbounded));
+        }
+        let report = b.check().unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+    });
+}
+
+#[test]
+fn aborted_txns_leave_no_trace() {
+    on_executor(|| async {
+        let dir = temp_dir();
+        let path = dir.path().join("abort.corekv");
+        let opts = Options {
+            max_map_size: 1 << 30,
+            grow_step: 1 << 20,
+        };
+        let b = Backend::open(&path, opts).await.unwrap();
+        let mut w = b.begin_write().unwrap();
+        w.open_tree(b"keep", KeyOrder::Bytewise)
+            .unwrap()
+            .put(b"k", b"v")
+            .unwrap();
+        let t1 = w.publish().await.unwrap();
+        let in_use = b.stats().in_use_bytes;
+        for i in 0..50u64 {
+            let mut w = b.begin_write().unwrap();
+            {
+                let mut t = w.open_tree(b"tmp", KeyOrder::Bytewise).unwrap();
+                for j in 0..20u64 {
+                    t.put(&j.to_be_bytes(), &det_bytes(i * 100 + j, 3000))
+                        .unwrap();
+                }
+            }
+            w.open_tree(b"keep", KeyOrder::Bytewise)
+                .unwrap()
+                .delete(b"k")
+                .unwrap();
+            assert!(w.drop_tree(b"keep").unwrap());
+            drop(w);
+        }
+        let r = b.begin_read().unwrap();
+        assert_eq!(r.txid(), t1, "aborts do not publish");
+        assert!(r.tree(b"tmp").unwrap().is_none());
+        assert_eq!(
+            r.tree(b"keep").unwrap().unwrap().get(b"k").unwrap(),
+            Some(&b"v"[..])
+        );
+        assert_eq!(b.stats().published_txid, t1);
+        assert_eq!(
+            b.stats().in_use_bytes,
+            in_use,
+            "aborted txns changed in_use_bytes"
+        );
+        let report = b.check().unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        // Pages the aborted txns allocated are not leaked: ~3 MiB of aborted writes leave a
+        // file that still fits the tiny live data in its first 1 MiB growth step or two.
+        b.sync().await.unwrap();
+        let size = std::fs::metadata(&path).unwrap().len();
+        assert!(
+            size <= 2 << 20,
+            "after 50 aborted txns the file has {size} bytes"
+        );
+    });
+}
+
+/// Without readers, rewriting the same data again and again reuses freed pages: the file
+/// stays bounded instead of growing with every transaction.
+#[test]
+fn freed_pages_are_reused() {
+    let rounds = iters("COREKV_REUSE_ITERS", 60) as u64;
+    on_executor(move || async move {
+        let dir = temp_dir();
+        let path = dir.path().join("reuse.corekv");
+        let opts = Options {
+            max_map_size: 1 << 30,
+            grow_step: 1 << 20,
+        };
+        let b = Backend::open(&path, opts).await.unwrap();
+        for round in 0..rounds {
+            let mut w = b.begin_write().unwrap();
+            {
+                let mut t = w.open_tree(b"churn", KeyOrder::Bytewise).unwrap();
+                for i in 0..64u64 {
+                    // ~1 MiB per round, mixed inline and overflow values.
+                    let len = if i % 4 == 0 { 40_000 } else { 3_000 };
+                    t.put(&i.to_be_bytes(), &det_bytes(round << 8 | i, len))
+                        .unwrap();
+                }
+            }
+            if round % 2 == 1 {
+                assert!(w.drop_tree(b"churn").unwrap());
+            }
+            w.publish().await.unwrap();
+            b.sync().await.unwrap();
+        }
+        let st = b.stats();
+        let report = b.check().unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        // Live data is at most ~1 MiB; allow the previous version, pending frees and a few
+        // growth steps, but not `rounds` MiB.
+        assert!(
+            st.file_size <= 12 << 20,
+            "after {rounds} rewrites of ~1 MiB the file is {} bytes: freed pages are not reused \
+             ({st:?}, check: {} reachable, {} free)",
+            st.file_size,
+            report.reachable_pages,
+            report.free_pages
+        );
+    });
+}
+
+/// A snapshot stays readable and unchanged after its `Backend` is dropped.
+#[test]
+fn read_txn_outlives_backend() {
+    let (snap, model) = on_executor(|| async {
+        let dir = temp_dir();
+        let path = dir.path().join("outlive.corekv");
+        let b = Backend::open(&path, Options::default()).await.unwrap();
+        let mut model = Model::default();
+        let mut w = b.begin_write().unwrap();
+        for i in 0..300u64 {
+            let v = det_bytes(i, (i as usize * 37) % 9000);
+            w.open_tree(b"t", KeyOrder::Bytewise)
+                .unwrap()
+                .put(&i.to_be_bytes(), &v)
+                .unwrap();
+            model
+                .tree_mut(b"t", KeyOrder::Bytewise)
+                .put(&i.to_be_bytes(), &v);
+        }
+        w.publish().await.unwrap();
+        let snap = b.begin_read().unwrap();
+        // More writes after the snapshot, then the writer goes away.
+        let mut w = b.begin_write().unwrap();
+        assert!(w.drop_tree(b"t").unwrap());
+        w.publish().await.unwrap();
+        drop(b);
+        drop(dir); // even the directory entry is gone; the mapping must stay valid
+        (snap, model)
+    });
+    // On another thread than the one that opened the file.
+    verify_snapshot(&snap, &model, &[]).unwrap();
+}
+
+#[test]
+fn stats_follow_publish_and_sync() {
+    on_executor(|| async {
+        let dir = temp_dir();
+        let path = dir.path().join("stats.corekv");
+        let b = Backend::open(&path, Options::default()).await.unwrap();
+        let s0 = b.stats();
+        assert_eq!(s0.file_size, std::fs::metadata(&path).unwrap().len());
+        let mut w = b.begin_write().unwrap();
+        w.open_tree(b"t", KeyOrder::Bytewise)
+            .unwrap()
+            .put(b"k", &[7u8; 10_000])
+            .unwrap();
+        let t1 = w.publish().await.unwrap();
+        let s1 = b.stats();
+        assert_eq!(s1.published_txid, t1);
+        assert_eq!(s1.synced_txid, s0.synced_txid, "publish does not sync");
+        assert!(s1.in_use_bytes > s0.in_use_bytes);
+        assert_eq!(b.sync().await.unwrap(), t1);
+        let s2 = b.stats();
+        assert_eq!(s2.synced_txid, t1);
+        assert_eq!(b.sync().await.unwrap(), t1, "a sync with nothing new");
+        let report = b.check().unwrap();
+        assert_eq!(
+            report.reachable_pages * PAGE_SIZE as u64,
+            s2.in_use_bytes,
+            "check()'s reachable pages vs stats().in_use_bytes"
+        );
+    });
+}
+
+/// compact_into writes a file that opens, passes check(), has the same contents (and tree
+/// orders) and is not larger than the original.
+#[test]
+fn compact_into_preserves_contents_and_does_not_grow() {
+    on_executor(|| async {
+        let dir = temp_dir();
+        let src = dir.path().join("src.corekv");
+        let dst = dir.path().join("dst.corekv");
+        let b = Backend::open(&src, Options::default()).await.unwrap();
+        let mut model = Model::default();
+        // Churn: fill, then delete most of it, so the source has many free pages.
+        for round in 0..6u64 {
+            let mut w = b.begin_write().unwrap();
+            for i in 0..400u64 {
+                let (name, order, key) = if i % 2 == 0 {
+                    (
+                        &b"bw"[..],
+                        KeyOrder::Bytewise,
+                        format!("k{i:04}").into_bytes(),
+                    )
+                } else {
+                    (
+                        &b"pu"[..],
+                        KeyOrder::PrefixThenU64,
+                        pkey(format!("p{}", i % 9).as_bytes(), i),
+                    )
+                };
+                let mut t = w.open_tree(name, order).unwrap();
+                if round == 5 && i % 5 != 0 {
+                    t.delete(&key).unwrap();
+                    model.tree_mut(name, order).delete(&key);
+                } else {
+                    let v = det_bytes(round * 1000 + i, if i % 50 == 0 { 30_000 } else { 500 });
+                    t.put(&key, &v).unwrap();
+                    model.tree_mut(name, order).put(&key, &v);
+                }
+            }
+            w.open_tree(b"empty", KeyOrder::PrefixThenU64).unwrap();
+            model.tree_mut(b"empty", KeyOrder::PrefixThenU64);
+            w.publish().await.unwrap();
+            b.sync().await.unwrap();
+        }
+        // An unsynced publish is included: compact_into copies the latest published snapshot.
+        let mut w = b.begin_write().unwrap();
+        w.open_tree(b"bw", KeyOrder::Bytewise)
+            .unwrap()
+            .put(b"late", b"yes")
+            .unwrap();
+        model
+            .tree_mut(b"bw", KeyOrder::Bytewise)
+            .put(b"late", b"yes");
+        w.publish().await.unwrap();
+        b.compact_into(&dst).await.unwrap();
+        verify_snapshot(&b.begin_read().unwrap(), &model, &[]).unwrap();
+        let src_len = std::fs::metadata(&src).unwrap().len();
+        drop(b);
+        let dst_len = std::fs::metadata(&dst).unwrap().len();
+        assert!(
+            dst_len <= src_len,
+            "compacted file {dst_len} bytes > source {src_len}"
+        );
+        let c = Backend::open(&dst, Options::default()).await.unwrap();
+        let report = c.check().unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        verify_snapshot(&c.begin_read().unwrap(), &model, &[b"nothing"]).unwrap();
+        let mut w = c.begin_write().unwrap();
+        for (name, t) in &model.trees {
+            let other = match t.order {
+                KeyOrder::Bytewise => KeyOrder::PrefixThenU64,
+                KeyOrder::PrefixThenU64 => KeyOrder::Bytewise,
+            };
+            assert!(
+                matches!(
+                    w.open_tree(name, other),
+                    Err(Error::KeyOrderMismatch { .. })
+                ),
+                "tree {} lost its key order in the compacted file",
+                show(name)
+            );
+        }
+        drop(w);
+        // The compacted file is a normal file: writable, and it survives a reopen.
+        let mut w = c.begin_write().unwrap();
+        w.open_tree(b"bw", KeyOrder::Bytewise)
+            .unwrap()
+            .put(b"after", b"1")
+            .unwrap();
+        w.publish().await.unwrap();
+        c.sync().await.unwrap();
+        drop(c);
+        model
+            .tree_mut(b"bw", KeyOrder::Bytewise)
+            .put(b"after", b"1");
+        let c = Backend::open(&dst, Options::default()).await.unwrap();
+        verify_snapshot(&c.begin_read().unwrap(), &model, &[]).unwrap();
+    });
+}
