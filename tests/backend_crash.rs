@@ -7,10 +7,11 @@
 //! `COREKV_CRASH_CHILD_DB` set) opens the file, reads the marker of the last transaction it
 //! holds, and continues from the next number: transaction `n`'s changes are a pure function of
 //! `n` (and the state before it), so the parent rebuilds the expected state for any `k` by
-//! replaying `1..=k`. The child prints `start <k>` after opening, `published <n>` after each
-//! publish returns and `synced <n>` after each sync returns (one line, flushed, each).
+//! replaying `1..=k`. The child prints `crashlog: start <k>` after opening, `crashlog:
+//! published <n>` after each publish returns and `crashlog: synced <n>` after each sync
+//! returns (one line, flushed, each).
 //!
-//! Knob: `COREKV_CRASH_ITERS` (kills, default 8).
+//! Knob: `COREKV_CRASH_ITERS` (kills, default 16).
 
 // Explicit drops release a lock, pin or write transaction; against the API skeleton these
 // types have no drop glue yet, which is all this lint sees.
@@ -27,8 +28,10 @@ use backend_support::*;
 use corekv::backend::{Backend, KeyOrder, Options, WriteTxn, PAGE_SIZE};
 
 const CHILD_ENV: &str = "COREKV_CRASH_CHILD_DB";
+/// Marks the child's progress lines in its stdout (which also carries the harness's output).
+const LOG_TAG: &str = "crashlog:";
 /// A child that is never killed stops after this many transactions (a runaway guard).
-const CHILD_MAX_TXNS: u64 = 200_000;
+const CHILD_MAX_TXNS: u64 = 20_000;
 /// Transactions between two entries of the `b` tree being inserted and deleted again.
 const B_WINDOW: u64 = 100;
 const A_KEYS: u64 = 300;
@@ -160,17 +163,18 @@ fn crash_child() {
             .unwrap_or_else(|e| panic!("child: open {path}: {e}"));
         let start = marker(&b).unwrap();
         let mut out = std::io::stdout();
-        writeln!(out, "start {start}").unwrap();
+        // The test harness prints "test crash_child ... " without a newline first.
+        writeln!(out, "\n{LOG_TAG} start {start}").unwrap();
         out.flush().unwrap();
         for n in start + 1..=start + CHILD_MAX_TXNS {
             let mut w = b.begin_write().unwrap();
             apply_to_txn(&mut w, &txn_changes(n)).unwrap_or_else(|e| panic!("txn {n}: {e}"));
             let txid = w.publish().await.unwrap();
-            writeln!(out, "published {n} txid {txid}").unwrap();
+            writeln!(out, "{LOG_TAG} published {n} txid {txid}").unwrap();
             out.flush().unwrap();
             if syncs_after(n) {
                 b.sync().await.unwrap();
-                writeln!(out, "synced {n}").unwrap();
+                writeln!(out, "{LOG_TAG} synced {n}").unwrap();
                 out.flush().unwrap();
             }
         }
@@ -188,7 +192,10 @@ struct ChildLog {
 
 impl ChildLog {
     fn absorb(&mut self, line: &str) {
-        let mut it = line.split_whitespace();
+        let Some(at) = line.find(LOG_TAG) else {
+            return;
+        };
+        let mut it = line[at + LOG_TAG.len()..].split_whitespace();
         let (Some(word), Some(num)) = (it.next(), it.next()) else {
             return;
         };
@@ -208,7 +215,7 @@ impl ChildLog {
 /// The parent: kill the child at random moments and check what survives.
 #[test]
 fn crash_sigkill_keeps_a_synced_prefix() {
-    let kills = iters("COREKV_CRASH_ITERS", 8);
+    let kills = iters("COREKV_CRASH_ITERS", 16);
     let dir = temp_dir();
     let path = dir.path().join("crash.corekv");
     let mut rng = Rng::new(
@@ -268,7 +275,7 @@ fn crash_sigkill_keeps_a_synced_prefix() {
             }
         }
         if !exited_early {
-            let jitter = rng.below(1500);
+            let jitter = rng.below(5000);
             if jitter > 0 {
                 // Not a wait for anything: a random kill moment.
                 std::thread::sleep(Duration::from_micros(jitter));
