@@ -170,6 +170,7 @@ fn txn_changes(n: u64, m: &mut WriterModel) -> Vec<Change> {
         for i in 0..DATA_KEYS {
             out.push((0, data_key(i), Some(data_value(0, i, &mut rng))));
         }
+        out.push((1, pkey(b"user/0", 0), Some(b"first".to_vec())));
     } else {
         for j in 0..1 + rng.below(6) {
             match rng.below(10) {
@@ -251,8 +252,8 @@ fn verify_snapshot_digest(r: &ReadTxn, sh: &Shared) -> Result<u64, String> {
     for (ti, (name, order)) in TREES.iter().enumerate() {
         let tree = r
             .tree(name)
-            .map_err(|e| format!("tree: {e}"))?
-            .ok_or("tree missing")?;
+            .map_err(|e| format!("tree({}): {e}", show(name)))?
+            .ok_or_else(|| format!("txn {n}: tree {} missing", show(name)))?;
         let mut prev: Option<&[u8]> = None;
         for item in tree.range(..).map_err(|e| format!("range: {e}"))? {
             let (k, v) = item.map_err(|e| format!("txn {n}: range item: {e}"))?;

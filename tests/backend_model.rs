@@ -12,8 +12,8 @@
 //! prefixes that are prefixes of each other and numbers whose top byte is large, so bytewise
 //! order and (prefix, number) order disagree on them.
 //!
-//! Knobs: `COREKV_MODEL_ITERS` (cases, default 16), `COREKV_MODEL_OPS` (max operations per
-//! case, default 48).
+//! Knobs: `COREKV_MODEL_ITERS` (cases, default 48), `COREKV_MODEL_OPS` (max operations per
+//! case, default 64).
 
 // Explicit drops release a lock, pin or write transaction; against the API skeleton these
 // types have no drop glue yet, which is all this lint sees.
@@ -23,10 +23,12 @@ mod backend_support;
 
 use std::ops::Bound;
 
+use backend_support::Rng;
 use backend_support::*;
 use corekv::backend::{Backend, KeyOrder, Options, ReadTxn, MAX_KEY_SIZE, PAGE_SIZE};
 use proptest::prelude::*;
 use proptest::sample::Index;
+use proptest::test_runner::FileFailurePersistence;
 
 const TREE_COUNT: usize = 4;
 
@@ -161,6 +163,20 @@ enum Step {
     DropTree(u8),
     Get(u8, KeySel),
     Scan(u8, BoundSpec, BoundSpec, usize),
+    /// Inserts `count` generated keys (seeded), with values up to `max_len` bytes: grows
+    /// trees deep enough for splits.
+    Bulk {
+        tree: u8,
+        seed: u64,
+        count: usize,
+        max_len: usize,
+    },
+    /// Deletes about `percent`% of the tree's keys (chosen by a seeded hash): merges.
+    BulkDelete {
+        tree: u8,
+        seed: u64,
+        percent: u64,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -249,6 +265,10 @@ fn step() -> impl Strategy<Value = Step> {
         2 => (any::<u8>(), key_sel()).prop_map(|(t, k)| Step::Get(t, k)),
         1 => (any::<u8>(), bound_spec(), bound_spec(), 0usize..20)
             .prop_map(|(t, a, b, n)| Step::Scan(t, a, b, n)),
+        3 => (any::<u8>(), any::<u64>(), 1usize..400, prop::sample::select(&[16usize, 200, 2000][..]))
+            .prop_map(|(tree, seed, count, max_len)| Step::Bulk { tree, seed, count, max_len }),
+        1 => (any::<u8>(), any::<u64>(), 1u64..=100)
+            .prop_map(|(tree, seed, percent)| Step::BulkDelete { tree, seed, percent }),
     ]
 }
 
@@ -265,7 +285,7 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         10 => (prop::collection::vec(step(), 1..12), prop::bool::weighted(0.85), any::<bool>())
             .prop_map(|(steps, publish, peek)| Op::Txn { steps, publish, peek }),
-        2 => Just(Op::Sync),
+        3 => Just(Op::Sync),
         1 => Just(Op::Reopen),
         3 => (any::<u8>(), bound_spec(), bound_spec(), prop_oneof![
             Just(IterMode::Forward), Just(IterMode::Reverse), any::<u64>().prop_map(IterMode::Mixed)
@@ -300,6 +320,13 @@ fn show_bound(b: &Bound<Vec<u8>>) -> String {
         Bound::Excluded(k) => format!("Excluded({})", show(k)),
         Bound::Unbounded => "Unbounded".into(),
     }
+}
+
+/// A deterministic hash of a key (to pick bulk-delete victims).
+fn det_hash(k: &[u8]) -> u64 {
+    k.iter().fold(0xCBF2_9CE4_8422_2325u64, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01B3)
+    })
 }
 
 fn err<E: std::fmt::Display>(what: impl std::fmt::Display) -> impl FnOnce(E) -> String {
@@ -438,6 +465,61 @@ impl Harness {
                         ));
                     }
                 }
+                Step::Bulk {
+                    tree,
+                    seed,
+                    count,
+                    max_len,
+                } => {
+                    let (name, order) = tree_def(*tree);
+                    let mut rng = Rng::new(*seed);
+                    let mut tm = w.open_tree(&name, order).map_err(err(&ctx))?;
+                    let mt = local.tree_mut(&name, order);
+                    for i in 0..*count {
+                        let base = BASES[rng.below(BASES.len() as u64) as usize];
+                        let mut key = base.to_vec();
+                        key.extend(det_bytes(rng.next_u64(), rng.below(12) as usize));
+                        if order == KeyOrder::PrefixThenU64 {
+                            let n = if rng.one_in(2) {
+                                NUMS[rng.below(NUMS.len() as u64) as usize]
+                            } else {
+                                rng.next_u64()
+                            };
+                            key.extend_from_slice(&n.to_be_bytes());
+                        } else if key.is_empty() {
+                            key.push(b'e');
+                        }
+                        let val = det_bytes(*seed ^ i as u64, rng.below(*max_len as u64) as usize);
+                        tm.put(&key, &val)
+                            .map_err(|e| format!("{ctx}: put #{i} {}: {e}", show(&key)))?;
+                        mt.put(&key, &val);
+                    }
+                }
+                Step::BulkDelete {
+                    tree,
+                    seed,
+                    percent,
+                } => {
+                    let (name, order) = tree_def(*tree);
+                    let mut tm = w.open_tree(&name, order).map_err(err(&ctx))?;
+                    let mt = local.tree_mut(&name, order);
+                    let victims: Vec<Vec<u8>> = mt
+                        .entries
+                        .keys()
+                        .map(SortKey::bytes)
+                        .filter(|k| Rng::new(*seed ^ det_hash(k)).below(100) < *percent)
+                        .collect();
+                    for k in victims {
+                        let got = tm.delete(&k).map_err(err(&ctx))?;
+                        if !got {
+                            return Err(format!(
+                                "{ctx}: delete({}) of a present key returned false",
+                                show(&k)
+                            ));
+                        }
+                        mt.delete(&k);
+                    }
+                }
                 Step::Scan(t, lo, hi, limit) => {
                     let (name, order) = tree_def(*t);
                     let mt = local.tree_mut(&name, order).clone();
@@ -476,8 +558,12 @@ impl Harness {
                 .map_err(|e| format!("reader during an open write txn: {e}"))?;
         }
         if publish {
+            // The backend documents that a transaction that changed nothing publishes
+            // nothing and returns the current txid; one that changed the state must get a
+            // new, higher txid.
+            let unchanged = compare_models(&local, &self.published).is_ok();
             let txid = w.publish().await.map_err(err("publish"))?;
-            if txid <= self.published_txid {
+            if txid < self.published_txid || (txid == self.published_txid && !unchanged) {
                 return Err(format!(
                     "publish returned txid {txid}, not above the previous {}",
                     self.published_txid
@@ -766,8 +852,12 @@ fn short_op(op: &Op) -> String {
 
 fn config() -> ProptestConfig {
     ProptestConfig {
-        cases: iters("COREKV_MODEL_ITERS", 16) as u32,
-        max_shrink_time: 120_000,
+        cases: iters("COREKV_MODEL_ITERS", 48) as u32,
+        max_shrink_iters: 4096,
+        max_shrink_time: 180_000,
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
+            "tests/backend_model.proptest-regressions",
+        ))),
         ..ProptestConfig::default()
     }
 }
@@ -778,7 +868,7 @@ proptest! {
     /// The backend equals the model after every operation of a random history.
     #[test]
     fn backend_matches_btreemap_model(
-        ops in prop::collection::vec(op(), 1..=iters("COREKV_MODEL_OPS", 48))
+        ops in prop::collection::vec(op(), 1..=iters("COREKV_MODEL_OPS", 64))
     ) {
         let res = on_executor(move || run_case(ops));
         prop_assert!(res.is_ok(), "{}", res.unwrap_err());
