@@ -662,16 +662,11 @@ fn stats_follow_publish_and_sync() {
         let s2 = b.stats();
         assert_eq!(s2.synced_txid, t1);
         assert_eq!(b.sync().await.unwrap(), t1, "a sync with nothing new");
-        // The contract says in_use_bytes are the pages reachable from the latest root; the
-        // backend documents that it also counts the meta (and freelist) pages. Either way
-        // it is at least what check() reaches and at most that plus a few bookkeeping pages.
         let report = b.check().unwrap();
-        let reachable = report.reachable_pages * PAGE_SIZE as u64;
-        assert!(
-            s2.in_use_bytes >= reachable && s2.in_use_bytes <= reachable + 4 * PAGE_SIZE as u64,
-            "stats().in_use_bytes {} vs check()'s {} reachable pages",
+        assert_eq!(
+            report.reachable_pages * PAGE_SIZE as u64,
             s2.in_use_bytes,
-            report.reachable_pages
+            "check()'s reachable pages vs stats().in_use_bytes"
         );
     });
 }
