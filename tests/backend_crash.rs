@@ -19,8 +19,11 @@
 
 mod backend_support;
 
-use std::io::{BufRead, BufReader, Write};
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::io::{BufRead, BufReader};
 use std::process::Stdio;
+use std::rc::Rc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -28,6 +31,10 @@ use backend_support::*;
 use corekv::backend::{Backend, KeyOrder, Options, WriteTxn, PAGE_SIZE};
 
 const CHILD_ENV: &str = "COREKV_CRASH_CHILD_DB";
+/// Set for a child that overlaps syncs with publishes.
+const OVERLAP_ENV: &str = "COREKV_CRASH_OVERLAP";
+/// Syncs a child with overlapping syncs has in flight at most.
+const MAX_OUTSTANDING_SYNCS: usize = 2;
 /// Marks the child's progress lines in its stdout (which also carries the harness's output).
 const LOG_TAG: &str = "crashlog:";
 /// A child that is never killed stops after this many transactions (a runaway guard).
@@ -151,31 +158,56 @@ fn marker(b: &Backend) -> Result<u64, String> {
     }
 }
 
-/// The child: continue committing from the file's marker until killed.
+/// The child: continue committing from the file's marker until killed. With
+/// `COREKV_CRASH_OVERLAP` set, syncs run as separate tasks while the next transactions are
+/// built and published (as the applier publishes while a checkpoint runs); up to
+/// `MAX_OUTSTANDING_SYNCS` are in flight, and each prints the txn its returned txid belongs
+/// to when it completes.
 #[test]
 fn crash_child() {
     let Ok(path) = std::env::var(CHILD_ENV) else {
-        return; // not started by crash_sigkill_keeps_a_synced_prefix
+        return; // not started by a crash test
     };
+    let overlap = std::env::var(OVERLAP_ENV).is_ok();
     on_executor(move || async move {
-        let b = Backend::open(&path, Options::default())
-            .await
-            .unwrap_or_else(|e| panic!("child: open {path}: {e}"));
+        let b = Rc::new(
+            Backend::open(&path, Options::default())
+                .await
+                .unwrap_or_else(|e| panic!("child: open {path}: {e}")),
+        );
         let start = marker(&b).unwrap();
-        let mut out = std::io::stdout();
+        // txid -> txn number, to report what a sync made durable.
+        let txn_of: Rc<RefCell<HashMap<u64, u64>>> = Rc::default();
+        txn_of
+            .borrow_mut()
+            .insert(b.begin_read().unwrap().txid(), start);
         // The test harness prints "test crash_child ... " without a newline first.
-        writeln!(out, "\n{LOG_TAG} start {start}").unwrap();
-        out.flush().unwrap();
+        println!("\n{LOG_TAG} start {start}");
+        let mut syncs = VecDeque::new();
         for n in start + 1..=start + CHILD_MAX_TXNS {
             let mut w = b.begin_write().unwrap();
             apply_to_txn(&mut w, &txn_changes(n)).unwrap_or_else(|e| panic!("txn {n}: {e}"));
             let txid = w.publish().await.unwrap();
-            writeln!(out, "{LOG_TAG} published {n} txid {txid}").unwrap();
-            out.flush().unwrap();
+            txn_of.borrow_mut().insert(txid, n);
+            println!("{LOG_TAG} published {n} txid {txid}");
             if syncs_after(n) {
-                b.sync().await.unwrap();
-                writeln!(out, "{LOG_TAG} synced {n}").unwrap();
-                out.flush().unwrap();
+                let (b, txn_of) = (b.clone(), txn_of.clone());
+                let sync = async move {
+                    let t = b.sync().await.unwrap();
+                    let done = *txn_of
+                        .borrow()
+                        .get(&t)
+                        .unwrap_or_else(|| panic!("sync returned txid {t}, never published"));
+                    println!("{LOG_TAG} synced {done}");
+                };
+                if overlap {
+                    syncs.push_back(glommio::spawn_local(sync));
+                    while syncs.len() > MAX_OUTSTANDING_SYNCS {
+                        syncs.pop_front().unwrap().await;
+                    }
+                } else {
+                    sync.await;
+                }
             }
         }
     });
@@ -204,7 +236,8 @@ impl ChildLog {
             "start" => self.start = Some(n),
             "published" => self.last_published = Some(n),
             "synced" => {
-                self.last_synced = Some(n);
+                // Overlapping syncs may report out of order.
+                self.last_synced = self.last_synced.max(Some(n));
                 self.synced_lines += 1;
             }
             _ => {}
@@ -215,6 +248,17 @@ impl ChildLog {
 /// The parent: kill the child at random moments and check what survives.
 #[test]
 fn crash_sigkill_keeps_a_synced_prefix() {
+    crash_loop(false);
+}
+
+/// The same with syncs overlapping later publishes: a publish while a sync is writing its
+/// meta must not reuse a page the durable (or the fallback) meta still needs.
+#[test]
+fn crash_sigkill_with_overlapping_syncs() {
+    crash_loop(true);
+}
+
+fn crash_loop(overlap: bool) {
     let kills = iters("COREKV_CRASH_ITERS", 16);
     let dir = temp_dir();
     let path = dir.path().join("crash.corekv");
@@ -230,7 +274,11 @@ fn crash_sigkill_keeps_a_synced_prefix() {
     // The durable floor: the last state known to be synced.
     let mut floor = 0u64;
     for iter in 0..kills {
-        let mut child = child_command("crash_child")
+        let mut cmd = child_command("crash_child");
+        if overlap {
+            cmd.env(OVERLAP_ENV, "1");
+        }
+        let mut child = cmd
             .env(CHILD_ENV, &path)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -343,7 +391,7 @@ fn crash_sigkill_keeps_a_synced_prefix() {
         });
         floor = k;
         eprintln!(
-            "crash iteration {iter}: started at {start}, killed after {} syncs (synced {low}, \
+            "crash iteration {iter} (overlap {overlap}): started at {start}, killed after {} syncs (synced {low}, \
              published {high}), recovered {k}",
             log.synced_lines
         );
