@@ -768,3 +768,296 @@ fn compact_into_preserves_contents_and_does_not_grow() {
         verify_snapshot(&c.begin_read().unwrap(), &model, &[]).unwrap();
     });
 }
+
+/// Syncs running as separate tasks while later transactions publish (the applier publishes
+/// while a checkpoint runs): each sync returns a txid at least the one published before it
+/// started, and a reopen shows exactly the state of the last txid a sync returned.
+#[test]
+fn syncs_overlapping_publishes() {
+    let txns = iters("COREKV_OVERLAP_ITERS", 300) as u64;
+    on_executor(move || async move {
+        let dir = temp_dir();
+        let path = dir.path().join("overlap.corekv");
+        let b = std::rc::Rc::new(Backend::open(&path, Options::default()).await.unwrap());
+        let mut model = Model::default();
+        let mut states = std::collections::HashMap::new();
+        let mut syncs = std::collections::VecDeque::new();
+        let mut best = 0u64;
+        for n in 1..=txns {
+            let mut w = b.begin_write().unwrap();
+            {
+                let mut t = w.open_tree(b"t", KeyOrder::Bytewise).unwrap();
+                for j in 0..4u64 {
+                    let k = format!("k{}", (n * 7 + j * 13) % 200).into_bytes();
+                    let v = det_bytes(n << 4 | j, ((n * 131 + j) % 6000) as usize);
+                    t.put(&k, &v).unwrap();
+                    model.tree_mut(b"t", KeyOrder::Bytewise).put(&k, &v);
+                }
+                let gone = format!("k{}", (n * 11) % 200).into_bytes();
+                t.delete(&gone).unwrap();
+                model.tree_mut(b"t", KeyOrder::Bytewise).delete(&gone);
+            }
+            let txid = w.publish().await.unwrap();
+            states.insert(txid, model.clone());
+            if n % 3 == 0 {
+                let b2 = b.clone();
+                syncs.push_back((txid, glommio::spawn_local(async move { b2.sync().await })));
+                while syncs.len() > 3 {
+                    let (floor, s) = syncs.pop_front().unwrap();
+                    let got = s.await.unwrap();
+                    assert!(
+                        got >= floor,
+                        "sync started after txid {floor} returned {got}"
+                    );
+                    best = best.max(got);
+                }
+            }
+        }
+        for (floor, s) in syncs {
+            let got = s.await.unwrap();
+            assert!(
+                got >= floor,
+                "sync started after txid {floor} returned {got}"
+            );
+            best = best.max(got);
+        }
+        assert_eq!(b.stats().synced_txid, best);
+        let report = b.check().unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        drop(b);
+        let b = Backend::open(&path, Options::default()).await.unwrap();
+        let r = b.begin_read().unwrap();
+        assert_eq!(r.txid(), best, "reopen shows the last synced txid");
+        verify_snapshot(&r, &states[&best], &[]).unwrap();
+    });
+}
+
+/// Filling the reserved map gives `Error::MapFull` (not a panic); the failed transaction
+/// publishes nothing, the backend stays usable and consistent, and the file reopens. A map
+/// size smaller than the file is a clear error at open.
+#[test]
+fn map_full_is_an_error_and_recoverable() {
+    on_executor(|| async {
+        let dir = temp_dir();
+        let path = dir.path().join("full.corekv");
+        let opts = Options {
+            max_map_size: 4 << 20,
+            grow_step: 1 << 20,
+        };
+        let b = Backend::open(&path, opts.clone()).await.unwrap();
+        let mut model = Model::default();
+        let mut full = None;
+        for i in 0..64u64 {
+            let mut w = b.begin_write().unwrap();
+            let v = det_bytes(i, 300_000);
+            let key = format!("big{i:02}").into_bytes();
+            let res = w
+                .open_tree(b"t", KeyOrder::Bytewise)
+                .and_then(|mut t| t.put(&key, &v));
+            let res = match res {
+                Ok(()) => w.publish().await.map(|_| ()),
+                Err(e) => Err(e),
+            };
+            match res {
+                Ok(()) => model.tree_mut(b"t", KeyOrder::Bytewise).put(&key, &v),
+                Err(Error::MapFull) => {
+                    full = Some(i);
+                    break;
+                }
+                Err(e) => panic!("put #{i}: expected MapFull at worst, got {e:?}"),
+            }
+            if i % 4 == 3 {
+                b.sync().await.unwrap();
+            }
+        }
+        let full = full.expect("4 MiB of map never filled with 64 x 300 KB");
+        assert!(
+            full >= 5,
+            "MapFull already after {full} values of 300 KB in a 4 MiB map"
+        );
+        // Nothing of the failed transaction is visible; the file is consistent.
+        verify_snapshot(&b.begin_read().unwrap(), &model, &[]).unwrap();
+        let report = b.check().unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        // Freeing space makes room again.
+        let mut w = b.begin_write().unwrap();
+        {
+            let mut t = w.open_tree(b"t", KeyOrder::Bytewise).unwrap();
+            for i in 0..full / 2 {
+                let key = format!("big{i:02}").into_bytes();
+                assert!(t.delete(&key).unwrap());
+                model.tree_mut(b"t", KeyOrder::Bytewise).delete(&key);
+            }
+        }
+        w.publish().await.unwrap();
+        b.sync().await.unwrap();
+        // Pages freed by the delete become reusable once no snapshot needs them.
+        let mut w = b.begin_write().unwrap();
+        w.open_tree(b"t", KeyOrder::Bytewise)
+            .unwrap()
+            .put(b"again", &[1u8; 100_000])
+            .unwrap();
+        w.publish().await.unwrap();
+        model
+            .tree_mut(b"t", KeyOrder::Bytewise)
+            .put(b"again", &[1u8; 100_000]);
+        b.sync().await.unwrap();
+        verify_snapshot(&b.begin_read().unwrap(), &model, &[]).unwrap();
+        drop(b);
+        let b = Backend::open(&path, opts).await.unwrap();
+        verify_snapshot(&b.begin_read().unwrap(), &model, &[]).unwrap();
+        let report = b.check().unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        drop(b);
+        // Reopening with a map smaller than the data: a clear error, not a SIGBUS.
+        let tiny = Options {
+            max_map_size: 64 << 10,
+            grow_step: 1 << 20,
+        };
+        match Backend::open(&path, tiny).await {
+            Err(Error::MapFull | Error::TooLarge { .. } | Error::Io { .. } | Error::Corrupt(_)) => {
+            }
+            Err(e) => panic!("open with a too small map: unexpected {e:?}"),
+            Ok(b) => {
+                // Acceptable only if everything still reads correctly.
+                verify_snapshot(&b.begin_read().unwrap(), &model, &[]).unwrap();
+            }
+        }
+    });
+}
+
+/// Read transactions are bounded by the backend's named limit: past it `begin_read` fails
+/// cleanly (no panic, no deadlock) and works again once one is dropped.
+#[test]
+fn open_read_txns_are_bounded() {
+    use corekv::backend::MAX_READERS;
+    on_executor(|| async {
+        let dir = temp_dir();
+        let b = Backend::open(dir.path().join("readers.corekv"), Options::default())
+            .await
+            .unwrap();
+        let reader = b.reader();
+        let mut held = Vec::new();
+        let mut refused = None;
+        for i in 0..MAX_READERS + 1 {
+            match reader.begin_read() {
+                Ok(r) => held.push(r),
+                Err(e) => {
+                    refused = Some((i, e));
+                    break;
+                }
+            }
+        }
+        let (i, e) = refused.expect("no limit on open read transactions");
+        assert_eq!(i, MAX_READERS, "refused at {i}: {e}");
+        assert!(matches!(e, Error::TooLarge { .. }), "{e:?}");
+        // The writer is not blocked by a full reader table.
+        let mut w = b.begin_write().unwrap();
+        w.open_tree(b"t", KeyOrder::Bytewise)
+            .unwrap()
+            .put(b"k", b"v")
+            .unwrap();
+        w.publish().await.unwrap();
+        held.pop();
+        let r = b.begin_read().expect("begin_read after one was dropped");
+        assert_eq!(
+            r.tree(b"t").unwrap().unwrap().get(b"k").unwrap(),
+            Some(&b"v"[..])
+        );
+    });
+}
+
+/// Hundreds of trees (the catalog spans many pages), names up to the limit; dropping half
+/// and reopening keeps exactly the rest.
+#[test]
+fn many_trees() {
+    on_executor(|| async {
+        let dir = temp_dir();
+        let path = dir.path().join("trees.corekv");
+        let name = |i: u64| {
+            let mut n = format!("tree/{i:04}/").into_bytes();
+            n.resize(10 + (i as usize * 37) % (MAX_TREE_NAME_SIZE - 10), b'.');
+            n
+        };
+        let order = |i: u64| {
+            if i.is_multiple_of(2) {
+                KeyOrder::Bytewise
+            } else {
+                KeyOrder::PrefixThenU64
+            }
+        };
+        let mut model = Model::default();
+        let b = Backend::open(&path, Options::default()).await.unwrap();
+        let mut w = b.begin_write().unwrap();
+        for i in 0..600u64 {
+            let mut t = w.open_tree(&name(i), order(i)).unwrap();
+            let k = pkey(b"k", i);
+            t.put(&k, &i.to_be_bytes()).unwrap();
+            model.tree_mut(&name(i), order(i)).put(&k, &i.to_be_bytes());
+        }
+        w.publish().await.unwrap();
+        let mut w = b.begin_write().unwrap();
+        for i in (0..600u64).filter(|i| i % 3 != 0) {
+            assert!(w.drop_tree(&name(i)).unwrap());
+            model.trees.remove(&name(i));
+        }
+        w.publish().await.unwrap();
+        b.sync().await.unwrap();
+        drop(b);
+        let b = Backend::open(&path, Options::default()).await.unwrap();
+        let all: Vec<Vec<u8>> = (0..600).map(name).collect();
+        let all: Vec<&[u8]> = all.iter().map(|n| n.as_slice()).collect();
+        verify_snapshot(&b.begin_read().unwrap(), &model, &all).unwrap();
+        let report = b.check().unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+    });
+}
+
+/// compact_into does not touch an existing file at the target path.
+#[test]
+fn compact_into_refuses_an_existing_file() {
+    on_executor(|| async {
+        let dir = temp_dir();
+        let b = Backend::open(dir.path().join("src.corekv"), Options::default())
+            .await
+            .unwrap();
+        let mut w = b.begin_write().unwrap();
+        w.open_tree(b"t", KeyOrder::Bytewise)
+            .unwrap()
+            .put(b"k", b"v")
+            .unwrap();
+        w.publish().await.unwrap();
+        let dst = dir.path().join("precious.txt");
+        std::fs::write(&dst, b"do not overwrite").unwrap();
+        assert!(b.compact_into(&dst).await.is_err());
+        assert_eq!(std::fs::read(&dst).unwrap(), b"do not overwrite");
+    });
+}
+
+/// A `Reader` handle used after its `Backend` is gone: an error or the last snapshot, never
+/// a crash.
+#[test]
+fn reader_after_backend_dropped() {
+    let (reader, path) = on_executor(|| async {
+        let dir = temp_dir();
+        let path = dir.path().join("gone.corekv");
+        let b = Backend::open(&path, Options::default()).await.unwrap();
+        let mut w = b.begin_write().unwrap();
+        w.open_tree(b"t", KeyOrder::Bytewise)
+            .unwrap()
+            .put(b"k", b"v")
+            .unwrap();
+        w.publish().await.unwrap();
+        let reader = b.reader();
+        drop(b);
+        (reader, dir)
+    });
+    match reader.begin_read() {
+        Err(_) => {}
+        Ok(r) => assert_eq!(
+            r.tree(b"t").unwrap().unwrap().get(b"k").unwrap(),
+            Some(&b"v"[..])
+        ),
+    }
+    drop(path);
+}
