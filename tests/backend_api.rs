@@ -48,6 +48,17 @@ fn key_order_compare_matches_the_model() {
             }
         }
     }
+    // Keys too short for a u64 suffix: any answer, but no panic, and a total order.
+    for a in [&b""[..], b"a", b"abcdefg"] {
+        for b in [&b""[..], b"a", b"abcdefgh", b"abcdefghi"] {
+            let ab = KeyOrder::PrefixThenU64.compare(a, b);
+            assert_eq!(
+                ab.reverse(),
+                KeyOrder::PrefixThenU64.compare(b, a),
+                "{a:?} vs {b:?}"
+            );
+        }
+    }
     // The case where the two orders disagree.
     let (x, y) = (pkey(b"a", u64::MAX), pkey(b"aa", 0));
     assert!(KeyOrder::PrefixThenU64.compare(&x, &y).is_lt());
@@ -856,7 +867,17 @@ fn map_full_is_an_error_and_recoverable() {
                 .and_then(|mut t| t.put(&key, &v));
             let res = match res {
                 Ok(()) => w.publish().await.map(|_| ()),
-                Err(e) => Err(e),
+                Err(e) => {
+                    // A transaction that failed half-way is unusable; it publishes nothing.
+                    if matches!(e, Error::MapFull) {
+                        let mut t = w.open_tree(b"t", KeyOrder::Bytewise);
+                        if let Ok(t) = t.as_mut() {
+                            assert!(t.put(b"small", b"1").is_err(), "put after MapFull");
+                        }
+                        assert!(w.publish().await.is_err(), "publish after MapFull");
+                    }
+                    Err(e)
+                }
             };
             match res {
                 Ok(()) => model.tree_mut(b"t", KeyOrder::Bytewise).put(&key, &v),
@@ -1060,4 +1081,68 @@ fn reader_after_backend_dropped() {
         ),
     }
     drop(path);
+}
+
+/// compact_into running while the writer keeps publishing: the copy is exactly one published
+/// state (the one current when the compaction took its snapshot), never a mix.
+#[test]
+fn compact_into_while_publishing() {
+    on_executor(|| async {
+        let dir = temp_dir();
+        let src = dir.path().join("src.corekv");
+        let dst = dir.path().join("dst.corekv");
+        let b = std::rc::Rc::new(Backend::open(&src, Options::default()).await.unwrap());
+        let mut model = Model::default();
+        let mut states = std::collections::HashMap::new();
+        let mut publish = |n: u64, model: &mut Model| {
+            let mut changes = Vec::new();
+            for j in 0..50u64 {
+                let k = format!("k{:04}", (n * 53 + j * 7) % 3000).into_bytes();
+                changes.push((k, det_bytes(n << 8 | j, ((n + j) % 700) as usize)));
+            }
+            for (k, v) in &changes {
+                model.tree_mut(b"t", KeyOrder::Bytewise).put(k, v);
+            }
+            model
+                .tree_mut(b"t", KeyOrder::Bytewise)
+                .put(b"~marker", &n.to_be_bytes());
+            states.insert(n, model.clone());
+            changes
+        };
+        for n in 0..40u64 {
+            let changes = publish(n, &mut model);
+            let mut w = b.begin_write().unwrap();
+            let mut t = w.open_tree(b"t", KeyOrder::Bytewise).unwrap();
+            for (k, v) in &changes {
+                t.put(k, v).unwrap();
+            }
+            t.put(b"~marker", &n.to_be_bytes()).unwrap();
+            w.publish().await.unwrap();
+        }
+        let b2 = b.clone();
+        let d2 = dst.clone();
+        let compaction = glommio::spawn_local(async move { b2.compact_into(&d2).await });
+        for n in 40..120u64 {
+            let changes = publish(n, &mut model);
+            let mut w = b.begin_write().unwrap();
+            let mut t = w.open_tree(b"t", KeyOrder::Bytewise).unwrap();
+            for (k, v) in &changes {
+                t.put(k, v).unwrap();
+            }
+            t.put(b"~marker", &n.to_be_bytes()).unwrap();
+            w.publish().await.unwrap();
+            if n % 10 == 0 {
+                b.sync().await.unwrap();
+            }
+        }
+        compaction.await.unwrap();
+        verify_snapshot(&b.begin_read().unwrap(), &states[&119], &[]).unwrap();
+        let c = Backend::open(&dst, Options::default()).await.unwrap();
+        let r = c.begin_read().unwrap();
+        let t = r.tree(b"t").unwrap().unwrap();
+        let n = u64::from_be_bytes(t.get(b"~marker").unwrap().unwrap().try_into().unwrap());
+        verify_snapshot(&r, &states[&n], &[]).unwrap();
+        let report = c.check().unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+    });
 }
