@@ -988,7 +988,7 @@ fn scenario_crafted(dir: &Path) {
         }
     }
     assert!(
-        nodes.len() > 10,
+        nodes.len() >= 3,
         "page format assumption broken: only {} pages carry crc32(page[4..]) at 0 with kind \
          1 or 2; update this test to the format",
         nodes.len()
