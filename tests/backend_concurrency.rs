@@ -393,7 +393,12 @@ fn readers_see_exact_snapshots_while_writer_commits() {
     on_executor(move || async move {
         let dir = temp_dir();
         let path = dir.path().join("conc.corekv");
-        let b = Backend::open(&path, Options::default()).await.unwrap();
+        // A one-page growth step: the file grows under the readers on most publishes.
+        let options = Options {
+            max_map_size: 16 << 30,
+            grow_step: corekv::backend::PAGE_SIZE as u64,
+        };
+        let b = Backend::open(&path, options).await.unwrap();
         let sh = Arc::new(Shared::default());
         let mut m = WriterModel {
             model: Model::default(),

@@ -336,6 +336,7 @@ fn err<E: std::fmt::Display>(what: impl std::fmt::Display) -> impl FnOnce(E) -> 
 /// Everything one case's run knows.
 struct Harness {
     path: std::path::PathBuf,
+    options: Options,
     backend: Option<Backend>,
     /// The latest published state.
     published: Model,
@@ -778,7 +779,7 @@ impl Harness {
                 // Backend across a reopen of the same path is not part of the contract.
                 self.held.clear();
                 drop(self.backend.take());
-                let b = Backend::open(&self.path, Options::default())
+                let b = Backend::open(&self.path, self.options.clone())
                     .await
                     .map_err(err("reopen"))?;
                 let r = b.begin_read().map_err(err("begin_read after reopen"))?;
@@ -814,16 +815,31 @@ impl Harness {
     }
 }
 
-async fn run_case(ops: Vec<Op>) -> Result<(), String> {
+/// Options of a case: the default, or a one-page growth step so that the file grows (and the
+/// growth path runs) on almost every publish.
+fn case_options(tiny_growth: bool) -> Options {
+    if tiny_growth {
+        Options {
+            max_map_size: 1 << 30,
+            grow_step: PAGE_SIZE as u64,
+        }
+    } else {
+        Options::default()
+    }
+}
+
+async fn run_case(ops: Vec<Op>, tiny_growth: bool) -> Result<(), String> {
     let dir = temp_dir();
     let path = dir.path().join("model.corekv");
-    let backend = Backend::open(&path, Options::default())
+    let options = case_options(tiny_growth);
+    let backend = Backend::open(&path, options.clone())
         .await
         .map_err(err("open a new file"))?;
     let first = backend.begin_read().map_err(err("begin_read"))?.txid();
     let synced_txid = backend.stats().synced_txid;
     let mut h = Harness {
         path,
+        options,
         backend: Some(backend),
         published: Model::default(),
         published_txid: first,
@@ -871,9 +887,10 @@ proptest! {
     /// The backend equals the model after every operation of a random history.
     #[test]
     fn backend_matches_btreemap_model(
-        ops in prop::collection::vec(op(), 1..=iters("COREKV_MODEL_OPS", 64))
+        ops in prop::collection::vec(op(), 1..=iters("COREKV_MODEL_OPS", 64)),
+        tiny_growth in any::<bool>(),
     ) {
-        let res = on_executor(move || run_case(ops));
+        let res = on_executor(move || run_case(ops, tiny_growth));
         prop_assert!(res.is_ok(), "{}", res.unwrap_err());
     }
 }
