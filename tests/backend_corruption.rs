@@ -977,6 +977,8 @@ async fn poke_everything(b: &Backend, model: &Model) {
 /// starts with a little-endian crc32 of the rest of the page; byte 4 is the page kind, 1 =
 /// branch, 2 = leaf; the meta page's crc32 of bytes 0..56 is stored at 56). The test first
 /// checks that assumption on the intact file and fails loudly if the format changed.
+///
+/// Knobs: `COREKV_FUZZ_ITERS` (crafted files, default 300), `COREKV_FUZZ_SEED`.
 fn scenario_crafted(dir: &Path) {
     const CRC_OFF: usize = 4;
     const META_CRC_OFF: usize = 56;
@@ -1008,10 +1010,12 @@ fn scenario_crafted(dir: &Path) {
         );
     }
     let rounds = iters("COREKV_FUZZ_ITERS", 300);
-    let mut rng = Rng::new(0xF022 ^ rounds as u64);
+    let seed = iters("COREKV_FUZZ_SEED", 0xF022) as u64;
+    let mut rng = Rng::new(seed ^ rounds as u64);
     let work = dir.join("work.corekv");
     let model = std::sync::Arc::new(model);
     let (mut open_errors, mut opened) = (0, 0);
+    let mut panics = Vec::new();
     for round in 0..rounds {
         let mut bytes = orig_bytes.clone();
         let meta = rng.one_in(6);
@@ -1088,24 +1092,46 @@ fn scenario_crafted(dir: &Path) {
             what.join(", ")
         ));
         let (w, m) = (work.clone(), model.clone());
-        let did_open = on_executor(move || async move {
-            match Backend::open(&w, small_options()).await {
-                Err(_) => false,
-                Ok(b) => {
-                    poke_everything(&b, &m).await;
-                    true
+        // A panic is recorded and the fuzzing goes on, so one run lists every distinct site.
+        let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            on_executor(move || async move {
+                match Backend::open(&w, small_options()).await {
+                    Err(_) => false,
+                    Ok(b) => {
+                        poke_everything(&b, &m).await;
+                        true
+                    }
                 }
+            })
+        }));
+        match res {
+            Ok(true) => opened += 1,
+            Ok(false) => open_errors += 1,
+            Err(payload) => {
+                let msg = payload
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                progress(&format!("round {round}: PANIC: {msg}"));
+                panics.push(format!(
+                    "round {round} (page {p}: {}): {msg}",
+                    what.join(", ")
+                ));
             }
-        });
-        if did_open {
-            opened += 1;
-        } else {
-            open_errors += 1;
         }
     }
     progress(&format!(
-        "summary: {rounds} crafted files: {opened} opened and poked, {open_errors} refused at open"
+        "summary: {rounds} crafted files: {opened} opened and poked, {open_errors} refused at \
+         open, {} panicked",
+        panics.len()
     ));
+    assert!(
+        panics.is_empty(),
+        "the backend panicked on {} crafted files (valid checksums, bad structure):\n{}",
+        panics.len(),
+        panics.join("\n")
+    );
 }
 
 /// Crafted (checksum-valid) damage that once made the backend panic, replayed one by one on
