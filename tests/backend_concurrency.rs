@@ -311,10 +311,8 @@ fn hopping_reader(
 ) -> Result<u64, String> {
     let mut rng = Rng::new(0xBEEF + id);
     let mut verified = 0;
+    // At least one snapshot is verified even if the writer is already done.
     loop {
-        if sh.progress.lock().unwrap().done {
-            return Ok(verified);
-        }
         let r = reader
             .begin_read()
             .map_err(|e| format!("begin_read: {e}"))?;
@@ -353,6 +351,9 @@ fn hopping_reader(
             }
         }
         verified += 1;
+        if sh.progress.lock().unwrap().done {
+            return Ok(verified);
+        }
     }
 }
 
