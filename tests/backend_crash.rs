@@ -158,6 +158,19 @@ fn marker(b: &Backend) -> Result<u64, String> {
     }
 }
 
+/// The overlapping variant also grows its file one page at a time, so kills land around
+/// file growth too.
+fn child_options(overlap: bool) -> Options {
+    if overlap {
+        Options {
+            max_map_size: 16 << 30,
+            grow_step: PAGE_SIZE as u64,
+        }
+    } else {
+        Options::default()
+    }
+}
+
 /// The child: continue committing from the file's marker until killed. With
 /// `COREKV_CRASH_OVERLAP` set, syncs run as separate tasks while the next transactions are
 /// built and published (as the applier publishes while a checkpoint runs); up to
@@ -171,7 +184,7 @@ fn crash_child() {
     let overlap = std::env::var(OVERLAP_ENV).is_ok();
     on_executor(move || async move {
         let b = Rc::new(
-            Backend::open(&path, Options::default())
+            Backend::open(&path, child_options(overlap))
                 .await
                 .unwrap_or_else(|e| panic!("child: open {path}: {e}")),
         );
