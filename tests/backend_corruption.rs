@@ -1151,6 +1151,7 @@ fn scenario_crafted_known(dir: &Path) {
     let orig_bytes = std::fs::read(&orig).unwrap();
     let work = dir.join("work.corekv");
     let model = std::sync::Arc::new(model);
+    let mut panics = Vec::new();
     for &(p, at, v) in CRAFTED_KNOWN {
         let mut bytes = orig_bytes.clone();
         let base = p * PAGE_SIZE;
@@ -1160,10 +1161,27 @@ fn scenario_crafted_known(dir: &Path) {
         std::fs::write(&work, &bytes).unwrap();
         progress(&format!("page {p} byte {at} = {v} (checksum recomputed)"));
         let (w, m) = (work.clone(), model.clone());
-        on_executor(move || async move {
-            if let Ok(b) = Backend::open(&w, small_options()).await {
-                poke_everything(&b, &m).await;
-            }
-        });
+        let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            on_executor(move || async move {
+                if let Ok(b) = Backend::open(&w, small_options()).await {
+                    poke_everything(&b, &m).await;
+                }
+            })
+        }));
+        if let Err(payload) = res {
+            let msg = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            panics.push(format!("page {p} byte {at} = {v}: {msg}"));
+        }
     }
+    assert!(
+        panics.is_empty(),
+        "the backend panicked on {} of {} known crafted files:\n{}",
+        panics.len(),
+        CRAFTED_KNOWN.len(),
+        panics.join("\n")
+    );
 }
