@@ -20,7 +20,7 @@ use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
 
-use corekv::backend::{KeyOrder, ReadTxn, Tree, MAX_KEY_SIZE, PAGE_SIZE};
+use corekv::backend::{KeyOrder, ReadTxn, Tree};
 
 /// Reads a count from the environment variable `var` (a test's iteration knob), or `default`.
 pub fn iters(var: &str, default: usize) -> usize {
@@ -424,17 +424,6 @@ pub fn xor_bytes(path: &Path, offset: u64, len: usize, mask: u8) {
     f.write_all(&buf).unwrap();
     f.sync_all().unwrap();
 }
-
-/// Number of whole pages in the file at `path`.
-pub fn file_pages(path: &Path) -> u64 {
-    std::fs::metadata(path)
-        .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()))
-        .len()
-        / PAGE_SIZE as u64
-}
-
-/// The largest key length a test may build.
-pub const MAX_KEY: usize = MAX_KEY_SIZE;
 
 /// A deadline helper: the time after which a waiting test gives up and fails.
 pub fn deadline(secs: u64) -> std::time::Instant {
