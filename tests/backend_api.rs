@@ -1211,3 +1211,42 @@ fn held_snapshot_growth_per_commit_stays_flat() {
         drop(held);
     });
 }
+
+/// A sync while a write transaction is open makes only what was published durable; the open
+/// transaction goes on and publishes normally afterwards.
+#[test]
+fn sync_with_an_open_write_txn() {
+    on_executor(|| async {
+        let dir = temp_dir();
+        let path = dir.path().join("open-txn.corekv");
+        {
+            let b = Backend::open(&path, Options::default()).await.unwrap();
+            let mut w = b.begin_write().unwrap();
+            w.open_tree(b"t", KeyOrder::Bytewise)
+                .unwrap()
+                .put(b"a", b"1")
+                .unwrap();
+            let t1 = w.publish().await.unwrap();
+            let mut w = b.begin_write().unwrap();
+            w.open_tree(b"t", KeyOrder::Bytewise)
+                .unwrap()
+                .put(b"b", b"2")
+                .unwrap();
+            assert_eq!(b.sync().await.unwrap(), t1);
+            assert_eq!(b.check().unwrap().problems, Vec::<String>::new());
+            let t2 = w.publish().await.unwrap();
+            assert!(t2 > t1);
+            let r = b.begin_read().unwrap();
+            assert_eq!(r.tree(b"t").unwrap().unwrap().count(..).unwrap(), 2);
+        }
+        let b = Backend::open(&path, Options::default()).await.unwrap();
+        let r = b.begin_read().unwrap();
+        let t = r.tree(b"t").unwrap().unwrap();
+        assert_eq!(t.get(b"a").unwrap(), Some(&b"1"[..]));
+        assert_eq!(
+            t.get(b"b").unwrap(),
+            None,
+            "published after the last sync: not durable"
+        );
+    });
+}
