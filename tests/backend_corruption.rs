@@ -1135,14 +1135,18 @@ fn scenario_crafted(dir: &Path) {
 }
 
 /// Crafted (checksum-valid) damage that once made the backend panic, replayed one by one on
-/// the small database: (page, byte offset in the page, new byte value).
-const CRAFTED_KNOWN: &[(usize, usize, u8)] = &[
-    // A leaf cell's overflow reference changed: a write then freed a run beyond the
+/// the small database: (page, [(byte offset in the page, new byte value)]).
+type CraftedCase = (usize, &'static [(usize, u8)]);
+const CRAFTED_KNOWN: &[CraftedCase] = &[
+    // A leaf cell's overflow reference changed: a write then frees a run beyond the
     // high-water mark ("freeing page 8490 never allocated", src/backend/write.rs).
-    (2, 1857, 33),
+    (2, &[(1857, 33)]),
     // The same with the reference's page id itself garbled (found by COREKV_FUZZ_SEED=777).
-    (2, 112, 170),
-    (2, 2347, 240),
+    (2, &[(112, 170)]),
+    (2, &[(2347, 240)]),
+    // A slot pointing at another cell: one overflow run referenced twice, freed twice
+    // ("overlapping free extents", src/backend/freelist.rs; COREKV_FUZZ_SEED=31337).
+    (70, &[(42, 2), (43, 0)]),
 ];
 
 fn scenario_crafted_known(dir: &Path) {
@@ -1152,14 +1156,16 @@ fn scenario_crafted_known(dir: &Path) {
     let work = dir.join("work.corekv");
     let model = std::sync::Arc::new(model);
     let mut panics = Vec::new();
-    for &(p, at, v) in CRAFTED_KNOWN {
+    for &(p, edits) in CRAFTED_KNOWN {
         let mut bytes = orig_bytes.clone();
         let base = p * PAGE_SIZE;
-        bytes[base + at] = v;
+        for &(at, v) in edits {
+            bytes[base + at] = v;
+        }
         let crc = crc32fast::hash(&bytes[base + 4..base + PAGE_SIZE]);
         bytes[base..base + 4].copy_from_slice(&crc.to_le_bytes());
         std::fs::write(&work, &bytes).unwrap();
-        progress(&format!("page {p} byte {at} = {v} (checksum recomputed)"));
+        progress(&format!("page {p} bytes {edits:?} (checksum recomputed)"));
         let (w, m) = (work.clone(), model.clone());
         let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             on_executor(move || async move {
@@ -1174,7 +1180,7 @@ fn scenario_crafted_known(dir: &Path) {
                 .cloned()
                 .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_default();
-            panics.push(format!("page {p} byte {at} = {v}: {msg}"));
+            panics.push(format!("page {p} bytes {edits:?}: {msg}"));
         }
     }
     assert!(
