@@ -27,7 +27,8 @@ impl Freelist {
     pub(crate) fn from_extents(extents: impl IntoIterator<Item = (u64, u64)>) -> Freelist {
         let mut f = Freelist::default();
         for (s, n) in extents {
-            f.insert_free(s, n);
+            let fresh = f.insert_free(s, n);
+            debug_assert!(fresh, "open validated the extents as disjoint");
         }
         f
     }
@@ -42,20 +43,20 @@ impl Freelist {
         self.pending_pages
     }
 
-    /// Adds `[start, start+len)` to the reusable set, merging with neighbours.
-    pub(crate) fn insert_free(&mut self, start: u64, len: u64) {
+    /// Adds `[start, start+len)` to the reusable set, merging with neighbours. Returns false
+    /// (and changes nothing) if part of it is already free, which only a damaged file that
+    /// references a page twice can cause.
+    pub(crate) fn insert_free(&mut self, start: u64, len: u64) -> bool {
         debug_assert!(len > 0);
+        if self.overlaps_free(start, len) {
+            return false;
+        }
         let i = self.free.partition_point(|&(s, _)| s < start);
         let joins_prev = i > 0 && {
             let (ps, pn) = self.free[i - 1];
-            debug_assert!(ps + pn <= start, "page {start} freed twice");
             ps + pn == start
         };
-        let joins_next = i < self.free.len() && {
-            let (ns, _) = self.free[i];
-            debug_assert!(ns >= start + len, "page {} freed twice", start + len - 1);
-            ns == start + len
-        };
+        let joins_next = i < self.free.len() && self.free[i].0 == start + len;
         match (joins_prev, joins_next) {
             (true, true) => {
                 let (_, nn) = self.free.remove(i);
@@ -66,6 +67,18 @@ impl Freelist {
             (false, false) => self.free.insert(i, (start, len)),
         }
         self.free_pages += len;
+        true
+    }
+
+    /// Whether any page of `[start, start+len)` is in the reusable set.
+    pub(crate) fn overlaps_free(&self, start: u64, len: u64) -> bool {
+        let i = self
+            .free
+            .partition_point(|&(s, _)| s < start.saturating_add(len));
+        i > 0 && {
+            let (s, n) = self.free[i - 1];
+            s + n > start
+        }
     }
 
     /// Records that transaction `txid` stopped referencing `[start, start+len)`.
@@ -83,6 +96,7 @@ impl Freelist {
             }
             for (s, n) in entry.remove() {
                 self.pending_pages -= n;
+                // A page freed twice (damaged file) is already free: keep the set consistent.
                 self.insert_free(s, n);
             }
         }
@@ -111,7 +125,8 @@ impl Freelist {
 
     /// Every free or pending extent, sorted and coalesced: what a meta persists (after a crash
     /// or restart nothing is pinned and the meta is durable, so all of it is reusable).
-    pub(crate) fn all_extents(&self) -> Vec<(u64, u64)> {
+    /// Fails, naming a page, if two extents overlap (a page freed twice: damaged file).
+    pub(crate) fn all_extents(&self) -> Result<Vec<(u64, u64)>, String> {
         // `free` is already sorted; only the (usually few) pending extents need sorting.
         let mut pend: Vec<(u64, u64)> = self.pending.values().flatten().copied().collect();
         pend.sort_unstable();
@@ -129,16 +144,15 @@ impl Freelist {
             let (s, n) = next.expect("peeked");
             match out.last_mut() {
                 Some((ls, ln)) if *ls + *ln == s => *ln += n,
-                _ => {
-                    debug_assert!(
-                        out.last().is_none_or(|(ls, ln)| ls + ln <= s),
-                        "overlapping free extents"
-                    );
-                    out.push((s, n))
+                Some((ls, ln)) if *ls + *ln > s => {
+                    return Err(format!(
+                        "page {s} freed twice (it is referenced twice: damaged file, run check())"
+                    ))
                 }
+                _ => out.push((s, n)),
             }
         }
-        out
+        Ok(out)
     }
 
     /// Upper bound on the number of extents `all_extents` returns.
@@ -157,7 +171,8 @@ mod tests {
         f.insert_free(10, 2);
         f.insert_free(14, 1);
         f.insert_free(12, 2);
-        assert_eq!(f.all_extents(), vec![(10, 5)]);
+        assert_eq!(f.all_extents().unwrap(), vec![(10, 5)]);
+        assert!(!f.insert_free(11, 1), "overlap refused");
         f.insert_free(20, 3);
         assert_eq!(f.alloc(4), Some(10));
         assert_eq!(f.alloc(2), Some(20));
@@ -179,8 +194,11 @@ mod tests {
         f.release(6);
         assert_eq!((f.free_pages(), f.pending_pages()), (2, 2));
         assert_eq!(f.alloc(2), Some(30));
-        assert_eq!(f.all_extents(), vec![(40, 2)]);
+        assert_eq!(f.all_extents().unwrap(), vec![(40, 2)]);
+        f.add_pending(9, 40, 1);
+        assert!(f.all_extents().is_err(), "double free detected");
         f.release(u64::MAX);
         assert_eq!(f.alloc(2), Some(40));
+        assert_eq!(f.alloc(1), None, "the double-freed page is handed out once");
     }
 }

@@ -12,6 +12,8 @@
 //! - A [`ReadTxn`] sees exactly one published snapshot for its whole life; values borrowed from
 //!   it stay valid and unchanged until it is dropped.
 
+#![warn(missing_docs)]
+
 use std::cell::{Cell, RefCell};
 use std::cmp::Ordering;
 use std::fmt;
@@ -413,7 +415,8 @@ impl Backend {
     ///
     /// Picks the valid meta page with the highest txid whose high-water mark fits in the file;
     /// refuses with [`Error::Corrupt`] if neither does, and with [`Error::Locked`] if the file
-    /// is open elsewhere (also in this process). An empty file is initialised.
+    /// is open elsewhere (also in this process). An empty file (or one holding at most two
+    /// zeroed pages, as a crash during creation leaves) is initialised.
     pub async fn open(path: impl AsRef<Path>, options: Options) -> Result<Backend> {
         let path = path.as_ref().to_path_buf();
         let ps = PAGE_SIZE as u64;
@@ -450,11 +453,18 @@ impl Backend {
             .metadata()
             .map_err(|e| Error::io(ctx("stat of"), e))?
             .len();
-        if len == 0 {
-            // New file: two valid metas describing an empty database.
-            let init_len = grow_step.max(4 * ps).min(max_pages * ps);
-            file.set_len(init_len)
-                .map_err(|e| Error::io(ctx("sizing new file"), e))?;
+        // A new file, or what a crash during creation leaves: at most the two meta pages, all
+        // zero (metas are written and synced before the file is sized, so a longer file
+        // always has one valid meta and a zeroed longer file is damage, refused below).
+        let fresh = len == 0
+            || (len <= 2 * ps && {
+                let mut head = vec![0u8; len as usize];
+                file.read_exact_at(&mut head, 0)
+                    .map_err(|e| Error::io(ctx("reading"), e))?;
+                head.iter().all(|&b| b == 0)
+            });
+        if fresh {
+            // Two valid metas describing an empty database, durable before the file grows.
             for txid in 0..2u64 {
                 let m = Meta {
                     txid,
@@ -465,6 +475,13 @@ impl Backend {
                 };
                 write_all(&gfile, m.encode(), txid * ps, &path).await?;
             }
+            gfile
+                .fdatasync()
+                .await
+                .map_err(|e| Error::io(ctx("fdatasync of new file"), e.into()))?;
+            let init_len = grow_step.max(4 * ps).min(max_pages * ps);
+            file.set_len(init_len)
+                .map_err(|e| Error::io(ctx("sizing new file"), e))?;
             gfile
                 .fdatasync()
                 .await

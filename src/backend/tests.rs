@@ -789,3 +789,68 @@ fn map_full_is_an_error_not_a_crash() {
         assert_clean(&b);
     });
 }
+
+/// Delete-heavy cycles: the tree shrinks back (merges, root collapse) and the file stops
+/// growing once freed pages are reusable.
+#[test]
+fn delete_heavy_cycles_keep_height_and_size_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let cycles = iters("COREKV_BACKEND_CYCLE_ITERS", 6);
+    run(move || async move {
+        let b = Backend::open(&path, opts()).await.unwrap();
+        let mut sizes = Vec::new();
+        for cycle in 0..cycles {
+            let mut w = b.begin_write().unwrap();
+            let mut t = w.open_tree(b"kv", KeyOrder::PrefixThenU64).unwrap();
+            for i in 0..4000u64 {
+                let k = [
+                    &b"user/"[..],
+                    &(i % 97).to_be_bytes(),
+                    &(cycle * 10_000 + i).to_be_bytes(),
+                ]
+                .concat();
+                t.put(&k, &[5u8; 100]).unwrap();
+            }
+            w.publish().await.unwrap();
+            b.sync().await.unwrap();
+            let tall = {
+                let r = b.begin_read().unwrap();
+                let t = r.tree(b"kv").unwrap().unwrap();
+                let mut c = t.cursor();
+                c.next().unwrap();
+                c.raw.depth()
+            };
+            assert!(tall >= 2, "4000 entries need more than one leaf");
+            // Delete all but every 500th key, in several transactions.
+            for part in 0..4u64 {
+                let mut w = b.begin_write().unwrap();
+                let mut t = w.open_tree(b"kv", KeyOrder::PrefixThenU64).unwrap();
+                for i in (part * 1000..(part + 1) * 1000).filter(|i| i % 500 != 0) {
+                    let k = [
+                        &b"user/"[..],
+                        &(i % 97).to_be_bytes(),
+                        &(cycle * 10_000 + i).to_be_bytes(),
+                    ]
+                    .concat();
+                    assert!(t.delete(&k).unwrap());
+                }
+                w.publish().await.unwrap();
+                b.sync().await.unwrap();
+            }
+            assert_clean(&b);
+            let r = b.begin_read().unwrap();
+            let t = r.tree(b"kv").unwrap().unwrap();
+            let left = t.count(..).unwrap();
+            assert_eq!(left, 8 * (cycle + 1));
+            let mut c = t.cursor();
+            c.next().unwrap();
+            assert!(c.raw.depth() <= 2, "height {} after deletes", c.raw.depth());
+            let rep = b.check().unwrap();
+            assert!(rep.reachable_pages <= 10, "{rep:?}");
+            sizes.push(b.stats().file_size);
+        }
+        // After the first cycle the file is large enough; later cycles reuse its pages.
+        assert!(sizes.windows(2).skip(1).all(|w| w[1] == w[0]), "{sizes:?}");
+    });
+}

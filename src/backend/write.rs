@@ -87,6 +87,8 @@ pub(crate) struct TxnCore {
     old_freelist: (u64, u64),
     pub trees: Vec<TreeState>,
     poison: Option<Error>,
+    /// Clean pages (run heads) this transaction freed, to catch a page referenced twice.
+    freed_now: std::collections::HashSet<u64>,
 }
 
 fn internal(msg: &str) -> Error {
@@ -115,6 +117,7 @@ impl TxnCore {
             old_freelist: (base.freelist, base.freelist_pages),
             trees: Vec::new(),
             poison: None,
+            freed_now: std::collections::HashSet::new(),
         }
     }
 
@@ -180,32 +183,57 @@ impl TxnCore {
         Ok(pg)
     }
 
-    /// Frees `[pg, pg+n)`: immediately if this transaction allocated it, else pending.
-    fn free(&mut self, pg: u64, n: u64) {
+    /// Frees `[pg, pg+n)`: immediately if this transaction allocated it, else pending. A
+    /// reference that cannot be right (outside the snapshot, already free, or freed twice in
+    /// this transaction) is a damaged file: an error, never a corrupted freelist.
+    fn free(&mut self, pg: u64, n: u64) -> Result<()> {
         if self.nodes.remove(&pg).is_some() || self.runs.remove(&pg).is_some() {
             self.release_dirty(pg, n);
-        } else {
-            debug_assert!(pg + n <= self.base_hw, "freeing page {pg} never allocated");
-            self.freelist.add_pending(self.txid, pg, n);
+            return Ok(());
         }
+        if pg < FIRST_DATA_PAGE || pg.saturating_add(n) > self.base_hw {
+            return Err(Error::Corrupt(format!(
+                "reference to pages {pg}..{} outside [2, {}) (damaged file, run check())",
+                pg.saturating_add(n),
+                self.base_hw
+            )));
+        }
+        if self.freelist.overlaps_free(pg, n) || !self.freed_now.insert(pg) {
+            return Err(Error::Corrupt(format!(
+                "page {pg} is referenced twice or also free (damaged file, run check())"
+            )));
+        }
+        self.freelist.add_pending(self.txid, pg, n);
+        Ok(())
     }
 
     /// Returns pages allocated by this transaction (already removed from the maps).
     fn release_dirty(&mut self, pg: u64, n: u64) {
         self.dirty_pages -= n;
-        self.freelist.insert_free(pg, n);
+        let fresh = self.freelist.insert_free(pg, n);
+        debug_assert!(fresh, "dirty page {pg} released twice");
     }
 
-    fn free_key(&mut self, k: Key) {
+    /// Frees the overflow run at `pg` holding `len` bytes (checking a clean one really is).
+    fn free_run(&mut self, pg: u64, len: usize) -> Result<()> {
+        if !self.runs.contains_key(&pg) {
+            self.view().overflow(pg, len)?;
+        }
+        self.free(pg, run_pages(len))
+    }
+
+    fn free_key(&mut self, k: Key) -> Result<()> {
         if k.ovf != 0 {
-            self.free(k.ovf, run_pages(k.bytes.len()));
+            self.free_run(k.ovf, k.bytes.len())?;
         }
+        Ok(())
     }
 
-    fn free_val(&mut self, v: Val) {
+    fn free_val(&mut self, v: Val) -> Result<()> {
         if let Val::Ovf(pg, len) = v {
-            self.free(pg, run_pages(len));
+            self.free_run(pg, len)?;
         }
+        Ok(())
     }
 
     fn alloc_run(&mut self, bytes: &[u8]) -> Result<u64> {
@@ -255,7 +283,7 @@ impl TxnCore {
             return Ok(pg);
         }
         let node = Node::decode(&self.view(), pg)?;
-        self.free(pg, 1);
+        self.free(pg, 1)?;
         let id = self.alloc(1)?;
         self.nodes.insert(id, node);
         Ok(id)
@@ -400,7 +428,7 @@ impl TxnCore {
         let (id, seps, old) = self.insert(*root, order, key, val, 0)?;
         *root = self.grow_root(id, seps)?;
         if let Some(old) = old {
-            self.free_val(old);
+            self.free_val(old)?;
         }
         Ok(())
     }
@@ -477,7 +505,7 @@ impl TxnCore {
         let Some((id, seps, old)) = self.remove(*root, order, key, 0)? else {
             return Ok(false);
         };
-        self.free_val(old);
+        self.free_val(old)?;
         let id = self.grow_root(id, seps)?;
         *root = self.shrink_root(id)?;
         Ok(true)
@@ -505,8 +533,10 @@ impl TxnCore {
                 drop(node);
                 let id = self.cow(pg)?;
                 let (k, v) = self.leaf_mut(id)?.remove(i);
-                self.free_key(k);
-                Ok(Some((id, Vec::new(), v)))
+                self.free_key(k)?;
+                // Normally a no-op; a damaged page can decode larger than a page.
+                let seps = self.finish(id, false)?;
+                Ok(Some((id, seps, v)))
             }
             Node::Branch { keys, children } => {
                 let i = keys.partition_point(|k| order.compare(&k.bytes, key) != Ordering::Greater);
@@ -554,7 +584,7 @@ impl TxnCore {
                 Some(keys.remove(i - 1))
             };
             if let Some(k) = k {
-                self.free_key(k);
+                self.free_key(k)?;
             }
             return Ok(());
         }
@@ -586,7 +616,7 @@ impl TxnCore {
         children[l] = lid;
         let merged = match (left, right) {
             (Node::Leaf(mut a), Node::Leaf(b)) => {
-                self.free_key(sep);
+                self.free_key(sep)?;
                 a.extend(b);
                 Node::Leaf(a)
             }
@@ -639,20 +669,20 @@ impl TxnCore {
         match node {
             Node::Leaf(entries) => {
                 for (k, v) in entries {
-                    self.free_key(k);
-                    self.free_val(v);
+                    self.free_key(k)?;
+                    self.free_val(v)?;
                 }
             }
             Node::Branch { keys, children } => {
                 for k in keys {
-                    self.free_key(k);
+                    self.free_key(k)?;
                 }
                 for c in children {
                     self.free_tree(c, depth + 1)?;
                 }
             }
         }
-        self.free(root, 1);
+        self.free(root, 1)?;
         Ok(())
     }
 
@@ -800,7 +830,7 @@ impl TxnCore {
         }
         // The previous freelist run stops being referenced by this transaction's meta.
         if self.old_freelist.0 != 0 {
-            self.free(self.old_freelist.0, self.old_freelist.1);
+            self.free(self.old_freelist.0, self.old_freelist.1)?;
             self.old_freelist = (0, 0);
         }
         // Allocating the run can only keep or shrink the extent count, so sizing it by the
@@ -815,7 +845,7 @@ impl TxnCore {
         let mut pages: Vec<SealedPages> =
             Vec::with_capacity(self.nodes.len() + self.runs.len() + 1);
         if fl != 0 {
-            let ext = self.freelist.all_extents();
+            let ext = self.freelist.all_extents().map_err(Error::Corrupt)?;
             debug_assert!(ext.len() <= bound);
             let mut buf = vec![0u8; fl_pages as usize * PAGE_SIZE];
             for (j, (s, len)) in ext.iter().enumerate() {
