@@ -8,6 +8,84 @@
 
 use std::collections::BTreeMap;
 
+use super::page::{header, rd_u64, FIRST_DATA_PAGE, HDR, KIND_FREELIST};
+use super::view::View;
+use super::{Error, Result};
+
+/// Bytes before the records of a freelist segment: the next (older) segment's head page and
+/// its length in pages.
+pub(crate) const SEG_HDR: usize = 16;
+/// Bit 63 of a record's length: the extent leaves the set (else it joins it).
+pub(crate) const REMOVE_FLAG: u64 = 1 << 63;
+/// Most segments in the persisted freelist chain before it is rewritten as one.
+pub const MAX_FREELIST_SEGMENTS: usize = 256;
+
+/// The persisted freelist of a snapshot: the replayed set, its segments (oldest first) and
+/// their total record count.
+pub(crate) struct Chain {
+    pub set: Freelist,
+    pub segments: Vec<(u64, u64)>,
+    pub records: u64,
+}
+
+/// Reads and replays the freelist chain starting at `head` (`pages` long). Every record is
+/// checked against the snapshot's high water; an add of a page already in the set or a remove
+/// of one not in it is damage.
+pub(crate) fn load_chain(v: &View<'_>, head: u64, pages: u64) -> Result<Chain> {
+    let bad = |m: String| Error::Corrupt(m);
+    let mut segs: Vec<(u64, u64, &[u8])> = Vec::new();
+    let (mut pg, mut n) = (head, pages);
+    while pg != 0 {
+        if segs.len() as u64 > v.hw {
+            return Err(bad(format!("freelist chain at page {head} loops")));
+        }
+        let run = v.page(pg, KIND_FREELIST)?;
+        let h = header(run);
+        let count = h.payload as usize;
+        if h.run as u64 != n || HDR + SEG_HDR + 16 * count > run.len() {
+            return Err(bad(format!(
+                "freelist page {pg}: {count} records in a run of {} pages (referenced as {n})",
+                h.run
+            )));
+        }
+        segs.push((pg, n, run));
+        (pg, n) = (rd_u64(run, HDR), rd_u64(run, HDR + 8));
+    }
+    let mut set = Freelist::default();
+    let mut records = 0;
+    for &(pg, _, run) in segs.iter().rev() {
+        let count = header(run).payload as usize;
+        for j in 0..count {
+            let at = HDR + SEG_HDR + 16 * j;
+            let start = rd_u64(run, at);
+            let raw = rd_u64(run, at + 8);
+            let len = raw & !REMOVE_FLAG;
+            if len == 0 || start < FIRST_DATA_PAGE || start.saturating_add(len) > v.hw {
+                return Err(bad(format!(
+                    "freelist page {pg}: record {j} ({start}+{len}) outside [2, {})",
+                    v.hw
+                )));
+            }
+            let ok = if raw & REMOVE_FLAG != 0 {
+                set.remove_range(start, len)
+            } else {
+                set.insert_free(start, len)
+            };
+            if !ok {
+                return Err(bad(format!(
+                    "freelist page {pg}: record {j} ({start}+{len}) contradicts the set"
+                )));
+            }
+            records += 1;
+        }
+    }
+    Ok(Chain {
+        set,
+        segments: segs.iter().rev().map(|&(p, n, _)| (p, n)).collect(),
+        records,
+    })
+}
+
 /// Extents `(start page, page count)`, kept sorted and coalesced.
 ///
 /// The reusable set is a sorted `Vec` rather than a tree: the write transaction works on a
@@ -22,17 +100,6 @@ pub(crate) struct Freelist {
 }
 
 impl Freelist {
-    /// A freelist whose every extent is immediately reusable (as after open: no readers, and
-    /// the meta that persisted it is durable).
-    pub(crate) fn from_extents(extents: impl IntoIterator<Item = (u64, u64)>) -> Freelist {
-        let mut f = Freelist::default();
-        for (s, n) in extents {
-            let fresh = f.insert_free(s, n);
-            debug_assert!(fresh, "open validated the extents as disjoint");
-        }
-        f
-    }
-
     /// Pages ready for reuse.
     pub(crate) fn free_pages(&self) -> u64 {
         self.free_pages
@@ -67,6 +134,33 @@ impl Freelist {
             (false, false) => self.free.insert(i, (start, len)),
         }
         self.free_pages += len;
+        true
+    }
+
+    /// Takes `[start, start+len)` out of the reusable set; false (nothing changed) unless it
+    /// lies inside one free extent.
+    pub(crate) fn remove_range(&mut self, start: u64, len: u64) -> bool {
+        let i = self.free.partition_point(|&(s, _)| s <= start);
+        if i == 0 {
+            return false;
+        }
+        let (s, n) = self.free[i - 1];
+        if start.saturating_add(len) > s + n {
+            return false;
+        }
+        let (before, after) = (start - s, s + n - (start + len));
+        match (before > 0, after > 0) {
+            (false, false) => {
+                self.free.remove(i - 1);
+            }
+            (true, false) => self.free[i - 1].1 = before,
+            (false, true) => self.free[i - 1] = (start + len, after),
+            (true, true) => {
+                self.free[i - 1].1 = before;
+                self.free.insert(i, (start + len, after));
+            }
+        }
+        self.free_pages -= len;
         true
     }
 
@@ -126,7 +220,7 @@ impl Freelist {
     /// Every free or pending extent, sorted and coalesced: what a meta persists (after a crash
     /// or restart nothing is pinned and the meta is durable, so all of it is reusable).
     /// Fails, naming a page, if two extents overlap (a page freed twice: damaged file).
-    pub(crate) fn all_extents(&self) -> Result<Vec<(u64, u64)>, String> {
+    pub(crate) fn all_extents(&self) -> std::result::Result<Vec<(u64, u64)>, String> {
         // `free` is already sorted; only the (usually few) pending extents need sorting.
         let mut pend: Vec<(u64, u64)> = self.pending.values().flatten().copied().collect();
         pend.sort_unstable();
@@ -153,6 +247,11 @@ impl Freelist {
             }
         }
         Ok(out)
+    }
+
+    /// The reusable extents (sorted, coalesced).
+    pub(crate) fn extents(&self) -> Vec<(u64, u64)> {
+        self.free.clone()
     }
 
     /// Upper bound on the number of extents `all_extents` returns.
@@ -198,6 +297,8 @@ mod tests {
         f.add_pending(9, 40, 1);
         assert!(f.all_extents().is_err(), "double free detected");
         f.release(u64::MAX);
+        assert!(f.remove_range(41, 1) && !f.remove_range(41, 1));
+        assert!(f.insert_free(41, 1));
         assert_eq!(f.alloc(2), Some(40));
         assert_eq!(f.alloc(1), None, "the double-freed page is handed out once");
     }

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::ops::Bound;
 use std::sync::Arc;
 
-use super::freelist::Freelist;
+use super::freelist::{Freelist, MAX_FREELIST_SEGMENTS, REMOVE_FLAG, SEG_HDR};
 use super::node::{split_points, Key, Node, Val, MIN_FILL};
 use super::page::*;
 use super::readers::Snap;
@@ -84,7 +84,11 @@ pub(crate) struct TxnCore {
     runs: HashMap<u64, Vec<u8>>,
     dirty_pages: u64,
     pub catalog_root: u64,
-    old_freelist: (u64, u64),
+    /// Segments of the persisted freelist chain (oldest first) and their record count.
+    pub chain: Vec<(u64, u64)>,
+    pub chain_records: u64,
+    /// This transaction's changes to the persisted set (free + pending): (start, len, added).
+    delta: Vec<(u64, u64, bool)>,
     pub trees: Vec<TreeState>,
     poison: Option<Error>,
     /// Clean pages (run heads) this transaction freed, to catch a page referenced twice.
@@ -101,6 +105,7 @@ impl TxnCore {
         shared: Arc<Shared>,
         base: Snap,
         freelist: Freelist,
+        chain: (Vec<(u64, u64)>, u64),
         max_pages: u64,
     ) -> TxnCore {
         TxnCore {
@@ -114,7 +119,9 @@ impl TxnCore {
             runs: HashMap::new(),
             dirty_pages: 0,
             catalog_root: base.catalog_root,
-            old_freelist: (base.freelist, base.freelist_pages),
+            chain: chain.0,
+            chain_records: chain.1,
+            delta: Vec::new(),
             trees: Vec::new(),
             poison: None,
             freed_now: std::collections::HashSet::new(),
@@ -166,7 +173,10 @@ impl TxnCore {
             });
         }
         let pg = match self.freelist.alloc(n) {
-            Some(pg) => pg,
+            Some(pg) => {
+                self.delta.push((pg, n, false));
+                pg
+            }
             None => {
                 if self.hw + n > self.max_pages {
                     return Err(Error::MapFull);
@@ -204,6 +214,7 @@ impl TxnCore {
             )));
         }
         self.freelist.add_pending(self.txid, pg, n);
+        self.delta.push((pg, n, true));
         Ok(())
     }
 
@@ -212,6 +223,7 @@ impl TxnCore {
         self.dirty_pages -= n;
         let fresh = self.freelist.insert_free(pg, n);
         debug_assert!(fresh, "dirty page {pg} released twice");
+        self.delta.push((pg, n, true));
     }
 
     /// Frees the overflow run at `pg` holding `len` bytes (checking a clean one really is).
@@ -805,6 +817,76 @@ impl TxnCore {
         Ok(Some(self.trees.len() - 1))
     }
 
+    /// Writes this transaction's freelist: normally one new segment holding its changes
+    /// (`delta`) in front of the existing chain; the whole set as a single segment when the
+    /// chain has grown long relative to the set (so open replays little, and a long reader
+    /// never makes each commit rewrite everything pending). Returns the chain head (page,
+    /// pages) and the sealed segment, if one was written.
+    fn persist_freelist(&mut self) -> Result<(u64, u64, Option<Vec<u8>>)> {
+        let bound = self.freelist.extent_bound();
+        let compact = self.chain.is_empty()
+            || self.chain.len() >= MAX_FREELIST_SEGMENTS
+            || self.chain_records + self.delta.len() as u64 > 2 * bound as u64 + 256;
+        if !compact && self.delta.is_empty() {
+            let &(pg, n) = self.chain.last().expect("non-empty chain");
+            return Ok((pg, n, None));
+        }
+        let (records, next): (Vec<(u64, u64)>, (u64, u64)) = if compact {
+            for (pg, n) in std::mem::take(&mut self.chain) {
+                self.free(pg, n)?;
+            }
+            let bound = self.freelist.extent_bound();
+            if bound == 0 {
+                self.chain_records = 0;
+                self.delta.clear();
+                return Ok((0, 0, None));
+            }
+            // Allocating the segment can only keep or shrink the extent count.
+            let n = run_pages(SEG_HDR + 16 * bound);
+            let pg = self.alloc(n)?;
+            let ext = self.freelist.all_extents().map_err(Error::Corrupt)?;
+            debug_assert!(ext.len() <= bound);
+            self.chain.push((pg, n));
+            (ext, (0, 0))
+        } else {
+            let next = *self.chain.last().expect("non-empty chain");
+            // One more record for the segment's own allocation (if it comes from the set).
+            let n = run_pages(SEG_HDR + 16 * (self.delta.len() + 1));
+            let pg = self.alloc(n)?;
+            self.chain.push((pg, n));
+            let recs = self
+                .delta
+                .iter()
+                .map(|&(s, len, add)| (s, if add { len } else { len | REMOVE_FLAG }))
+                .collect();
+            (recs, next)
+        };
+        self.delta.clear();
+        let &(pg, n) = self.chain.last().expect("just pushed");
+        debug_assert!(SEG_HDR + 16 * records.len() <= n as usize * PAGE_SIZE - HDR);
+        let mut buf = vec![0u8; n as usize * PAGE_SIZE];
+        wr_u64(&mut buf, HDR, next.0);
+        wr_u64(&mut buf, HDR + 8, next.1);
+        for (j, (s, len)) in records.iter().enumerate() {
+            wr_u64(&mut buf, HDR + SEG_HDR + 16 * j, *s);
+            wr_u64(&mut buf, HDR + SEG_HDR + 16 * j + 8, *len);
+        }
+        seal(
+            &mut buf,
+            KIND_FREELIST,
+            0,
+            pg,
+            self.txid,
+            records.len() as u32,
+        );
+        self.chain_records = if compact {
+            records.len() as u64
+        } else {
+            self.chain_records + records.len() as u64
+        };
+        Ok((pg, n, Some(buf)))
+    }
+
     /// Applies tree changes to the catalog, persists the freelist, and returns every dirty
     /// page (sealed, sorted by id) with the snapshot they make up.
     pub(crate) fn prepare_commit(&mut self) -> Result<(Vec<SealedPages>, Snap)> {
@@ -828,32 +910,11 @@ impl TxnCore {
         for t in &mut self.trees {
             t.dirty = false;
         }
-        // The previous freelist run stops being referenced by this transaction's meta.
-        if self.old_freelist.0 != 0 {
-            self.free(self.old_freelist.0, self.old_freelist.1)?;
-            self.old_freelist = (0, 0);
-        }
-        // Allocating the run can only keep or shrink the extent count, so sizing it by the
-        // count before the allocation is enough.
-        let bound = self.freelist.extent_bound();
-        let (fl, fl_pages) = if bound == 0 {
-            (0, 0)
-        } else {
-            let n = run_pages(16 * bound);
-            (self.alloc(n)?, n)
-        };
+        let (fl, fl_pages, seg) = self.persist_freelist()?;
         let mut pages: Vec<SealedPages> =
             Vec::with_capacity(self.nodes.len() + self.runs.len() + 1);
-        if fl != 0 {
-            let ext = self.freelist.all_extents().map_err(Error::Corrupt)?;
-            debug_assert!(ext.len() <= bound);
-            let mut buf = vec![0u8; fl_pages as usize * PAGE_SIZE];
-            for (j, (s, len)) in ext.iter().enumerate() {
-                wr_u64(&mut buf, HDR + 16 * j, *s);
-                wr_u64(&mut buf, HDR + 16 * j + 8, *len);
-            }
-            seal(&mut buf, KIND_FREELIST, 0, fl, self.txid, ext.len() as u32);
-            pages.push((fl, buf));
+        if let Some(seg) = seg {
+            pages.push((fl, seg));
         }
         for (&id, node) in &self.nodes {
             if node.len() == 0 {
