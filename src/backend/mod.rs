@@ -456,9 +456,19 @@ impl Backend {
             .metadata()
             .map_err(|e| Error::io(ctx("stat of"), e))?
             .len();
-        // A new file, or what a crash during creation can leave: nothing but zeros (there is
-        // no data to lose in it). Metas are written and synced before the file is sized.
-        let fresh = all_zero(&file, len).map_err(|e| Error::io(ctx("reading"), e))?;
+        // A new file, or what a crash during creation can leave: nothing but zeros, or just the
+        // first (empty) meta page; there is no data to lose in either. Metas are written and
+        // synced before the file is sized.
+        let fresh = all_zero(&file, len).map_err(|e| Error::io(ctx("reading"), e))?
+            || (len >= ps && len < 2 * ps && {
+                // Only the first meta of a new file got written: an empty database.
+                let mut p0 = vec![0u8; PAGE_SIZE];
+                file.read_exact_at(&mut p0, 0)
+                    .map_err(|e| Error::io(ctx("reading"), e))?;
+                Meta::decode(&p0).is_ok_and(|m| {
+                    m.catalog_root == 0 && m.freelist == 0 && m.high_water == FIRST_DATA_PAGE
+                })
+            });
         if fresh {
             // Two valid metas describing an empty database, durable before the file grows.
             for txid in 0..2u64 {

@@ -913,8 +913,17 @@ fn zeroed_new_file_is_initialised() {
     let b = dir.path().join("b");
     std::fs::write(&a, vec![0u8; 3 * PAGE_SIZE]).unwrap();
     std::fs::File::create(&b).unwrap().set_len(1 << 20).unwrap();
+    let c = dir.path().join("c");
+    let first_meta = page::Meta {
+        txid: 0,
+        catalog_root: 0,
+        freelist: 0,
+        freelist_pages: 0,
+        high_water: 2,
+    };
+    std::fs::write(&c, first_meta.encode()).unwrap();
     run(move || async move {
-        for p in [&a, &b] {
+        for p in [&a, &b, &c] {
             let db = Backend::open(p, opts()).await.unwrap();
             assert!(db.begin_read().unwrap().tree(b"x").unwrap().is_none());
             assert_clean(&db);
