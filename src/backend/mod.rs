@@ -12,10 +12,33 @@
 //! - A [`ReadTxn`] sees exactly one published snapshot for its whole life; values borrowed from
 //!   it stay valid and unchanged until it is dropped.
 
+use std::cell::{Cell, RefCell};
 use std::cmp::Ordering;
 use std::fmt;
-use std::ops::RangeBounds;
+use std::ops::{Bound, RangeBounds};
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::Arc;
+
+mod check;
+mod freelist;
+mod node;
+mod page;
+mod readers;
+mod view;
+mod write;
+
+pub use check::MAX_CHECK_PROBLEMS;
+pub use readers::MAX_READERS;
+pub use write::MAX_TXN_DIRTY_PAGES;
+
+use freelist::Freelist;
+use page::{Meta, FIRST_DATA_PAGE, HDR, KIND_FREELIST};
+use readers::{Registry, Snap};
+use view::{Bitmap, RawCursor, RawRange, View};
+use write::{decode_desc, TxnCore};
 
 /// Fixed page size of the file format.
 pub const PAGE_SIZE: usize = 4096;
@@ -39,9 +62,29 @@ pub enum KeyOrder {
 
 impl KeyOrder {
     /// Compares two keys under this order.
+    ///
+    /// `PrefixThenU64` splits a key of at least 8 bytes into (prefix, last 8 bytes) and orders
+    /// by prefix bytewise, then by the big-endian u64. A key shorter than 8 bytes is a prefix
+    /// with no number and sorts before every key with the same prefix and a number. This is a
+    /// total order on all byte strings.
     pub fn compare(self, a: &[u8], b: &[u8]) -> Ordering {
-        let _ = (a, b);
-        unimplemented!()
+        match self {
+            KeyOrder::Bytewise => a.cmp(b),
+            KeyOrder::PrefixThenU64 => {
+                fn split(k: &[u8]) -> (&[u8], Option<&[u8]>) {
+                    if k.len() >= 8 {
+                        let (p, n) = k.split_at(k.len() - 8);
+                        (p, Some(n))
+                    } else {
+                        (k, None)
+                    }
+                }
+                let (pa, na) = split(a);
+                let (pb, nb) = split(b);
+                // Big-endian u64s compare like their bytes.
+                pa.cmp(pb).then_with(|| na.cmp(&nb))
+            }
+        }
     }
 }
 
@@ -98,26 +141,106 @@ pub enum Error {
     MapFull,
 }
 
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{self:?}")
+impl Error {
+    /// A copy of this error (for a poisoned transaction that must keep reporting it).
+    pub(crate) fn duplicate(&self, prefix: &str) -> Error {
+        match self {
+            Error::Io { context, source } => Error::Io {
+                context: format!("{prefix}{context}"),
+                source: std::io::Error::new(source.kind(), source.to_string()),
+            },
+            Error::Locked(p) => Error::Locked(p.clone()),
+            Error::Corrupt(s) => Error::Corrupt(format!("{prefix}{s}")),
+            Error::TooLarge { what, size, limit } => Error::TooLarge {
+                what,
+                size: *size,
+                limit: *limit,
+            },
+            Error::KeyOrderMismatch { tree } => Error::KeyOrderMismatch { tree: tree.clone() },
+            Error::WriterBusy => Error::WriterBusy,
+            Error::MapFull => Error::MapFull,
+        }
+    }
+
+    fn io(context: String, source: std::io::Error) -> Error {
+        Error::Io { context, source }
     }
 }
 
-impl std::error::Error for Error {}
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Io { context, source } => write!(f, "I/O error while {context}: {source}"),
+            Error::Locked(p) => write!(f, "{} is locked by another open", p.display()),
+            Error::Corrupt(s) => write!(f, "corrupt backend file: {s}"),
+            Error::TooLarge { what, size, limit } => {
+                write!(f, "{what} too large: {size} exceeds the limit {limit}")
+            }
+            Error::KeyOrderMismatch { tree } => {
+                write!(f, "tree {tree:?} was created with a different key order")
+            }
+            Error::WriterBusy => write!(f, "a write transaction is already open"),
+            Error::MapFull => write!(f, "the reserved map size (Options::max_map_size) is full"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
 
 /// Result alias for backend operations.
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// Most bytes handed to one `write_at` when publishing (contiguous dirty pages are coalesced
+/// up to this size).
+pub const MAX_WRITE_BYTES: usize = 1 << 20;
+
+/// During [`Backend::compact_into`], the copy is published and synced whenever its write
+/// transaction holds this many dirty pages, bounding memory.
+pub const COMPACT_TXN_PAGES: u64 = 16 * 1024;
+
+/// State shared by the writer and every reader thread.
+pub(crate) struct Shared {
+    path: PathBuf,
+    /// Holds the exclusive flock for as long as any handle (writer or reader) lives, so no
+    /// other writer can reuse pages a live reader still sees.
+    _lock: std::fs::File,
+    /// The whole reserved range; only pages below a snapshot's high water are ever touched.
+    map: memmap2::Mmap,
+    bits: Bitmap,
+    reg: Registry,
+    synced: AtomicU64,
+}
+
+/// The writer's private state between transactions.
+struct WriterState {
+    published: Snap,
+    freelist: Freelist,
+    durable_slot: usize,
+    file_len: u64,
+}
+
 /// The writer's handle: open on a glommio executor; not `Send`.
 pub struct Backend {
-    _private: (),
+    shared: Arc<Shared>,
+    file: glommio::io::BufferedFile,
+    options: Options,
+    max_pages: u64,
+    state: RefCell<WriterState>,
+    writer_busy: Cell<bool>,
+    sync_lock: glommio::sync::Semaphore,
 }
 
 /// A thread-safe handle for starting read transactions on any thread.
 #[derive(Clone)]
 pub struct Reader {
-    _private: (),
+    shared: Arc<Shared>,
 }
 
 /// Counters and sizes.
@@ -146,196 +269,761 @@ pub struct CheckReport {
     pub problems: Vec<String>,
 }
 
+fn flock(file: &std::fs::File, how: libc::c_int, path: &Path) -> Result<()> {
+    // SAFETY: plain syscall on a descriptor we own.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), how | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Err(Error::Locked(path.to_path_buf()))
+    } else {
+        Err(Error::io(format!("locking {}", path.display()), e))
+    }
+}
+
+fn read_metas(file: &std::fs::File, path: &Path, len: u64) -> Result<(Vec<u8>, Vec<u8>)> {
+    if len < 2 * PAGE_SIZE as u64 {
+        return Err(Error::Corrupt(format!(
+            "{}: {len} bytes is too small for the two meta pages ({} bytes); not a corekv backend file",
+            path.display(),
+            2 * PAGE_SIZE
+        )));
+    }
+    let mut m = vec![0u8; 2 * PAGE_SIZE];
+    file.read_exact_at(&mut m, 0)
+        .map_err(|e| Error::io(format!("reading the meta pages of {}", path.display()), e))?;
+    let m1 = m.split_off(PAGE_SIZE);
+    Ok((m, m1))
+}
+
+/// Reads and validates the persisted freelist of `snap`.
+fn load_freelist(v: &View<'_>, snap: &Snap, path: &Path) -> Result<Vec<(u64, u64)>> {
+    if snap.freelist == 0 {
+        return Ok(Vec::new());
+    }
+    let run = v.page(snap.freelist, KIND_FREELIST)?;
+    let h = page::header(run);
+    let n = h.payload as usize;
+    if h.run as u64 != snap.freelist_pages || HDR + 16 * n > run.len() {
+        return Err(Error::Corrupt(format!(
+            "{}: freelist page {}: {n} extents in a run of {} pages (meta says {})",
+            path.display(),
+            snap.freelist,
+            h.run,
+            snap.freelist_pages
+        )));
+    }
+    let mut out = Vec::with_capacity(n);
+    let mut prev_end = FIRST_DATA_PAGE;
+    for j in 0..n {
+        let s = page::rd_u64(run, HDR + 16 * j);
+        let len = page::rd_u64(run, HDR + 16 * j + 8);
+        if len == 0 || s < prev_end || s.saturating_add(len) > snap.high_water {
+            return Err(Error::Corrupt(format!(
+                "{}: freelist page {}: extent {j} ({s}+{len}) invalid (high water {})",
+                path.display(),
+                snap.freelist,
+                snap.high_water
+            )));
+        }
+        prev_end = s + len;
+        out.push((s, len));
+    }
+    Ok(out)
+}
+
+fn snap_of(m: &Meta) -> Snap {
+    Snap {
+        txid: m.txid,
+        catalog_root: m.catalog_root,
+        high_water: m.high_water,
+        freelist: m.freelist,
+        freelist_pages: m.freelist_pages,
+    }
+}
+
+/// Checks the file at `path` without opening it for writing: takes a shared lock (so it fails
+/// with [`Error::Locked`] while a [`Backend`] has the file open; use [`Backend::check`] then),
+/// picks the meta page as [`Backend::open`] would, and walks that snapshot. A damaged meta
+/// page is listed as a problem even when the other one is usable.
+pub fn check_file(path: impl AsRef<Path>) -> Result<CheckReport> {
+    let path = path.as_ref();
+    let file = std::fs::File::open(path)
+        .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+    flock(&file, libc::LOCK_SH, path)?;
+    let len = file
+        .metadata()
+        .map_err(|e| Error::io(format!("stat of {}", path.display()), e))?
+        .len();
+    let (m0, m1) = read_metas(&file, path, len)?;
+    let (slot, meta) = page::choose_meta(path, &m0, &m1, len)?;
+    let mut problems = Vec::new();
+    let other = if slot == 0 { &m1 } else { &m0 };
+    if let Err(e) = Meta::decode(other) {
+        problems.push(format!("meta page {}: {e}", 1 - slot));
+    }
+    let snap = snap_of(&meta);
+    // SAFETY: read-only shared mapping of `high_water` pages, all inside the file (checked by
+    // choose_meta); the shared lock keeps writers of this library away while it lives.
+    let map = unsafe {
+        memmap2::MmapOptions::new()
+            .len(snap.high_water as usize * PAGE_SIZE)
+            .map(&file)
+    }
+    .map_err(|e| Error::io(format!("mapping {}", path.display()), e))?;
+    Ok(check::check_snapshot(&map, &snap, problems))
+}
+
+async fn write_all(
+    file: &glommio::io::BufferedFile,
+    buf: Vec<u8>,
+    pos: u64,
+    path: &Path,
+) -> Result<()> {
+    let len = buf.len();
+    let n = file.write_at(buf, pos).await.map_err(|e| {
+        Error::io(
+            format!("writing {len} bytes at offset {pos} of {}", path.display()),
+            e.into(),
+        )
+    })?;
+    if n != len {
+        return Err(Error::io(
+            format!("writing {len} bytes at offset {pos} of {}", path.display()),
+            std::io::Error::new(
+                std::io::ErrorKind::WriteZero,
+                format!("short write: {n} of {len} bytes (disk full?)"),
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl Backend {
     /// Opens (creating if absent) the file at `path`, locking it exclusively. Must run on a
     /// glommio executor.
+    ///
+    /// Picks the valid meta page with the highest txid whose high-water mark fits in the file;
+    /// refuses with [`Error::Corrupt`] if neither does, and with [`Error::Locked`] if the file
+    /// is open elsewhere (also in this process). An empty file is initialised.
     pub async fn open(path: impl AsRef<Path>, options: Options) -> Result<Backend> {
-        let _ = (path.as_ref(), options);
-        unimplemented!()
+        let path = path.as_ref().to_path_buf();
+        let ps = PAGE_SIZE as u64;
+        if options.max_map_size < 4 * ps || options.grow_step == 0 {
+            return Err(Error::io(
+                format!("opening {}", path.display()),
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!(
+                        "Options::max_map_size ({}) must be at least 4 pages and grow_step ({}) non-zero",
+                        options.max_map_size, options.grow_step
+                    ),
+                ),
+            ));
+        }
+        let max_pages = options.max_map_size / ps;
+        let grow_step = options.grow_step.div_ceil(ps) * ps;
+        let ctx = |what: &str| format!("{what} {}", path.display());
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| Error::io(ctx("opening"), e))?;
+        flock(&file, libc::LOCK_EX, &path)?;
+        let gfile = glommio::io::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .buffered_open(&path)
+            .await
+            .map_err(|e| Error::io(ctx("opening (io_uring)"), e.into()))?;
+        let mut len = file
+            .metadata()
+            .map_err(|e| Error::io(ctx("stat of"), e))?
+            .len();
+        if len == 0 {
+            // New file: two valid metas describing an empty database.
+            let init_len = grow_step.max(4 * ps).min(max_pages * ps);
+            file.set_len(init_len)
+                .map_err(|e| Error::io(ctx("sizing new file"), e))?;
+            for txid in 0..2u64 {
+                let m = Meta {
+                    txid,
+                    catalog_root: 0,
+                    freelist: 0,
+                    freelist_pages: 0,
+                    high_water: FIRST_DATA_PAGE,
+                };
+                write_all(&gfile, m.encode(), txid * ps, &path).await?;
+            }
+            gfile
+                .fdatasync()
+                .await
+                .map_err(|e| Error::io(ctx("fdatasync of new file"), e.into()))?;
+            let dir = path
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| Error::io(format!("fsync of directory {}", dir.display()), e))?;
+            len = init_len;
+        }
+        let (m0, m1) = read_metas(&file, &path, len)?;
+        let (slot, meta) = page::choose_meta(&path, &m0, &m1, len)?;
+        if meta.high_water > max_pages {
+            return Err(Error::TooLarge {
+                what: "database pages vs Options::max_map_size",
+                size: meta.high_water as usize,
+                limit: max_pages as usize,
+            });
+        }
+        // SAFETY: read-only shared mapping. The range beyond the file's end is reserved but
+        // never touched: every access is below a snapshot's high water, which is inside the
+        // file (checked above and kept so by growing before writing).
+        let map = unsafe {
+            memmap2::MmapOptions::new()
+                .len(options.max_map_size as usize)
+                .map(&file)
+        }
+        .map_err(|e| Error::io(ctx("mapping"), e))?;
+        let bits = Bitmap::new(max_pages)
+            .map_err(|e| Error::io(ctx("allocating the page bitmap of"), e))?;
+        let snap = snap_of(&meta);
+        let extents = load_freelist(&View::new(&map, snap.high_water, &bits), &snap, &path)?;
+        let shared = Arc::new(Shared {
+            path,
+            _lock: file,
+            map,
+            bits,
+            reg: Registry::new(snap),
+            synced: AtomicU64::new(snap.txid),
+        });
+        Ok(Backend {
+            shared,
+            file: gfile,
+            options: Options {
+                max_map_size: options.max_map_size,
+                grow_step,
+            },
+            max_pages,
+            state: RefCell::new(WriterState {
+                published: snap,
+                freelist: Freelist::from_extents(extents),
+                durable_slot: slot,
+                file_len: len,
+            }),
+            writer_busy: Cell::new(false),
+            sync_lock: glommio::sync::Semaphore::new(1),
+        })
     }
 
     /// A handle for readers on other threads.
     pub fn reader(&self) -> Reader {
-        unimplemented!()
+        Reader {
+            shared: self.shared.clone(),
+        }
     }
 
     /// Starts a read transaction on the latest published snapshot.
     pub fn begin_read(&self) -> Result<ReadTxn> {
-        unimplemented!()
+        self.reader().begin_read()
     }
 
     /// Starts the write transaction; [`Error::WriterBusy`] if one is open.
     pub fn begin_write(&self) -> Result<WriteTxn<'_>> {
-        unimplemented!()
+        if self.writer_busy.get() {
+            return Err(Error::WriterBusy);
+        }
+        let mut st = self.state.borrow_mut();
+        // Reuse rule: pages freed by txn T come back once T is durable (the synced meta no
+        // longer sees them) and no pinned reader is older than T.
+        let limit = self
+            .shared
+            .synced
+            .load(SeqCst)
+            .min(self.shared.reg.oldest_pinned());
+        st.freelist.release(limit);
+        let core = TxnCore::new(
+            self.shared.clone(),
+            st.published,
+            st.freelist.clone(),
+            self.max_pages,
+        );
+        self.writer_busy.set(true);
+        Ok(WriteTxn {
+            backend: self,
+            core,
+            _busy: BusyGuard(&self.writer_busy),
+        })
     }
 
     /// Makes every published transaction durable: data pages, fdatasync, meta page,
     /// fdatasync. Returns the txid now durable.
+    ///
+    /// Concurrent calls are serialised; a call that finds nothing new published returns at
+    /// once. The meta goes to the slot *not* holding the current durable meta, so a torn meta
+    /// write falls back to the previous durable state.
     pub async fn sync(&self) -> Result<u64> {
-        unimplemented!()
+        let _permit = self
+            .sync_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|e| Error::io("waiting for the sync lock".into(), e.into()))?;
+        let snap = self.shared.reg.load();
+        let synced = self.shared.synced.load(SeqCst);
+        if snap.txid <= synced {
+            return Ok(synced);
+        }
+        let path = &self.shared.path;
+        self.file.fdatasync().await.map_err(|e| {
+            Error::io(
+                format!("fdatasync (data pages) of {}", path.display()),
+                e.into(),
+            )
+        })?;
+        let slot = 1 - self.state.borrow().durable_slot;
+        let meta = Meta {
+            txid: snap.txid,
+            catalog_root: snap.catalog_root,
+            freelist: snap.freelist,
+            freelist_pages: snap.freelist_pages,
+            high_water: snap.high_water,
+        };
+        write_all(&self.file, meta.encode(), (slot * PAGE_SIZE) as u64, path).await?;
+        self.file.fdatasync().await.map_err(|e| {
+            Error::io(
+                format!("fdatasync (meta page) of {}", path.display()),
+                e.into(),
+            )
+        })?;
+        self.state.borrow_mut().durable_slot = slot;
+        self.shared.synced.store(snap.txid, SeqCst);
+        Ok(snap.txid)
     }
 
     /// Walks every page of the latest published snapshot and the freelist.
     pub fn check(&self) -> Result<CheckReport> {
-        unimplemented!()
+        let rt = self.begin_read()?;
+        Ok(check::check_snapshot(
+            &self.shared.map,
+            &rt.snap,
+            Vec::new(),
+        ))
     }
 
     /// Writes a compact copy of the latest published snapshot to a new file at `path`.
+    ///
+    /// Refuses to overwrite an existing file. The copy is written in key order (pages packed
+    /// full), published and synced in batches of [`COMPACT_TXN_PAGES`] dirty pages, and is
+    /// durable when this returns.
     pub async fn compact_into(&self, path: impl AsRef<Path>) -> Result<()> {
-        let _ = path.as_ref();
-        unimplemented!()
+        let path = path.as_ref();
+        if path.exists() {
+            return Err(Error::io(
+                format!("compacting into {}", path.display()),
+                std::io::Error::new(std::io::ErrorKind::AlreadyExists, "target file exists"),
+            ));
+        }
+        let src = self.begin_read()?;
+        let v = src.view();
+        let mut trees = Vec::new();
+        let mut cat = RawRange::new(
+            v,
+            src.snap.catalog_root,
+            KeyOrder::Bytewise,
+            Bound::Unbounded,
+            Bound::Unbounded,
+        )?;
+        while let Some(item) = cat.next_front() {
+            let (name, d) = item?;
+            let (root, order) = decode_desc(name, d)?;
+            trees.push((name.to_vec(), root, order));
+        }
+        let dst = Backend::open(path, self.options.clone()).await?;
+        let mut txn = dst.begin_write()?;
+        for (name, root, order) in trees {
+            txn.open_tree(&name, order)?;
+            let mut r = RawRange::new(v, root, order, Bound::Unbounded, Bound::Unbounded)?;
+            while let Some(item) = r.next_front() {
+                let (k, val) = item?;
+                txn.open_tree(&name, order)?.put(k, val)?;
+                if txn.core.dirty_pages() >= COMPACT_TXN_PAGES {
+                    txn.publish().await?;
+                    dst.sync().await?;
+                    txn = dst.begin_write()?;
+                }
+            }
+        }
+        txn.publish().await?;
+        dst.sync().await?;
+        Ok(())
     }
 
-    /// Current counters.
+    /// Current counters. `in_use_bytes` counts every page below the high-water mark that is
+    /// not free or pending reuse (meta and freelist pages included).
     pub fn stats(&self) -> Stats {
-        unimplemented!()
+        let st = self.state.borrow();
+        let free = st.freelist.free_pages() + st.freelist.pending_pages();
+        Stats {
+            file_size: st.file_len,
+            in_use_bytes: (st.published.high_water - free) * PAGE_SIZE as u64,
+            published_txid: st.published.txid,
+            synced_txid: self.shared.synced.load(SeqCst),
+            free_pages: free,
+        }
+    }
+
+    /// Grows the file (by whole `grow_step`s) so it holds `hw` pages.
+    fn ensure_len(&self, hw: u64) -> Result<()> {
+        let need = hw * PAGE_SIZE as u64;
+        let mut st = self.state.borrow_mut();
+        if need <= st.file_len {
+            return Ok(());
+        }
+        let step = self.options.grow_step;
+        let new_len = need
+            .div_ceil(step)
+            .saturating_mul(step)
+            .min(self.max_pages * PAGE_SIZE as u64);
+        debug_assert!(new_len >= need);
+        self.shared._lock.set_len(new_len).map_err(|e| {
+            Error::io(
+                format!("growing {} to {new_len} bytes", self.shared.path.display()),
+                e,
+            )
+        })?;
+        st.file_len = new_len;
+        Ok(())
+    }
+
+    /// Writes sealed pages (sorted by id), coalescing contiguous ones.
+    async fn write_pages(&self, pages: Vec<(u64, Vec<u8>)>) -> Result<()> {
+        let mut it = pages.into_iter().peekable();
+        while let Some((start, mut buf)) = it.next() {
+            let mut end = start + (buf.len() / PAGE_SIZE) as u64;
+            while let Some((next, _)) = it.peek() {
+                if *next != end || buf.len() >= MAX_WRITE_BYTES {
+                    break;
+                }
+                let (_, b) = it.next().expect("peeked");
+                end += (b.len() / PAGE_SIZE) as u64;
+                buf.extend_from_slice(&b);
+            }
+            write_all(&self.file, buf, start * PAGE_SIZE as u64, &self.shared.path).await?;
+        }
+        Ok(())
     }
 }
 
 impl Reader {
     /// Starts a read transaction on the latest published snapshot; callable on any thread.
+    /// Fails with [`Error::TooLarge`] when [`MAX_READERS`] read transactions are open.
     pub fn begin_read(&self) -> Result<ReadTxn> {
-        unimplemented!()
+        let (slot, snap) = self.shared.reg.pin()?;
+        Ok(ReadTxn {
+            shared: self.shared.clone(),
+            slot,
+            snap,
+        })
     }
 }
 
 /// A pinned, consistent snapshot. `Send`: may be moved to another thread.
 pub struct ReadTxn {
-    _private: (),
+    shared: Arc<Shared>,
+    slot: usize,
+    snap: Snap,
+}
+
+impl Drop for ReadTxn {
+    fn drop(&mut self) {
+        self.shared.reg.unpin(self.slot);
+    }
 }
 
 impl ReadTxn {
+    fn view(&self) -> View<'_> {
+        View::new(&self.shared.map, self.snap.high_water, &self.shared.bits)
+    }
+
     /// Transaction id of the snapshot.
     pub fn txid(&self) -> u64 {
-        unimplemented!()
+        self.snap.txid
     }
 
     /// The named tree, or `None` if it does not exist in this snapshot.
     pub fn tree(&self, name: &[u8]) -> Result<Option<Tree<'_>>> {
-        let _ = name;
-        unimplemented!()
+        let v = self.view();
+        let Some(d) = view::get(&v, self.snap.catalog_root, name, KeyOrder::Bytewise)? else {
+            return Ok(None);
+        };
+        let (root, order) = decode_desc(name, d)?;
+        Ok(Some(Tree { v, root, order }))
     }
+}
+
+fn bounds<'r, R: RangeBounds<&'r [u8]>>(range: &R) -> (Bound<&'r [u8]>, Bound<&'r [u8]>) {
+    (range.start_bound().cloned(), range.end_bound().cloned())
 }
 
 /// A read-only view of one tree in a snapshot.
 pub struct Tree<'t> {
-    _txn: std::marker::PhantomData<&'t ()>,
+    v: View<'t>,
+    root: u64,
+    order: KeyOrder,
 }
 
 impl<'t> Tree<'t> {
     /// The value of `key`, borrowed zero-copy from the snapshot.
     pub fn get(&self, key: &[u8]) -> Result<Option<&'t [u8]>> {
-        let _ = key;
-        unimplemented!()
+        view::get(&self.v, self.root, key, self.order)
     }
 
     /// Entries with keys in `range`, in key order; `.rev()` walks backwards.
     pub fn range<'r, R: RangeBounds<&'r [u8]>>(&self, range: R) -> Result<Range<'t>> {
-        let _ = range.start_bound();
-        unimplemented!()
+        let (s, e) = bounds(&range);
+        Ok(Range {
+            raw: RawRange::new(self.v, self.root, self.order, s, e)?,
+        })
     }
 
-    /// Number of entries with keys in `range`.
+    /// Number of entries with keys in `range` (walks the range's leaves; values are not read).
     pub fn count<'r, R: RangeBounds<&'r [u8]>>(&self, range: R) -> Result<u64> {
-        let _ = range.start_bound();
-        unimplemented!()
+        let (s, e) = bounds(&range);
+        RawRange::new(self.v, self.root, self.order, s, e)?.count()
     }
 
     /// A cursor positioned before the first entry.
     pub fn cursor(&self) -> Cursor<'t> {
-        unimplemented!()
+        Cursor {
+            raw: RawCursor::new(self.v, self.root, self.order),
+        }
     }
 }
 
-/// A double-ended iterator over a key range. Items borrow from the snapshot.
+/// A double-ended iterator over a key range. Items borrow from the snapshot. After an error
+/// the iterator ends.
 pub struct Range<'t> {
-    _txn: std::marker::PhantomData<&'t ()>,
+    raw: RawRange<'t>,
 }
 
 impl<'t> Iterator for Range<'t> {
     type Item = Result<(&'t [u8], &'t [u8])>;
     fn next(&mut self) -> Option<Self::Item> {
-        unimplemented!()
+        self.raw.next_front()
     }
 }
 
 impl DoubleEndedIterator for Range<'_> {
     fn next_back(&mut self) -> Option<Self::Item> {
-        unimplemented!()
+        self.raw.next_back()
     }
 }
 
-/// A movable position in a tree.
+/// A movable position in a tree. Moving past either end leaves it there: `next` after the end
+/// returns `None` and `prev` from there returns the last entry (and vice versa).
 pub struct Cursor<'t> {
-    _txn: std::marker::PhantomData<&'t ()>,
+    raw: RawCursor<'t>,
 }
 
 impl<'t> Cursor<'t> {
     /// Moves to the first entry with key >= `key`; returns it.
     pub fn seek(&mut self, key: &[u8]) -> Result<Option<(&'t [u8], &'t [u8])>> {
-        let _ = key;
-        unimplemented!()
+        self.raw.seek(key)?;
+        self.raw.current()
     }
     /// Moves to the last entry with key <= `key`; returns it.
     pub fn seek_for_prev(&mut self, key: &[u8]) -> Result<Option<(&'t [u8], &'t [u8])>> {
-        let _ = key;
-        unimplemented!()
+        self.raw.seek_for_prev(key)?;
+        self.raw.current()
     }
     /// Moves to the next entry (the first, if unpositioned).
     #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> Result<Option<(&'t [u8], &'t [u8])>> {
-        unimplemented!()
+        self.raw.step_next()?;
+        self.raw.current()
     }
     /// Moves to the previous entry (the last, if unpositioned).
     pub fn prev(&mut self) -> Result<Option<(&'t [u8], &'t [u8])>> {
-        unimplemented!()
+        self.raw.step_prev()?;
+        self.raw.current()
+    }
+}
+
+/// Clears the writer-busy flag when the write transaction ends (publish or drop).
+struct BusyGuard<'b>(&'b Cell<bool>);
+
+impl Drop for BusyGuard<'_> {
+    fn drop(&mut self) {
+        self.0.set(false);
     }
 }
 
 /// The single write transaction. Dropping it without [`WriteTxn::publish`] aborts it.
+///
+/// Edits are copy-on-write in memory; nothing reaches the file before publish. If an edit
+/// fails half-way (e.g. [`Error::MapFull`]), the transaction is poisoned: every later call
+/// repeats the error and it can only be dropped.
 pub struct WriteTxn<'b> {
-    _backend: std::marker::PhantomData<&'b Backend>,
+    backend: &'b Backend,
+    core: TxnCore,
+    _busy: BusyGuard<'b>,
 }
 
 impl<'b> WriteTxn<'b> {
+    /// Transaction id this transaction will have when published.
+    pub fn txid(&self) -> u64 {
+        self.core.txid
+    }
+
     /// Opens the named tree, creating it with `order` if absent.
     pub fn open_tree(&mut self, name: &[u8], order: KeyOrder) -> Result<TreeMut<'_>> {
-        let _ = (name, order);
-        unimplemented!()
+        if name.len() > MAX_TREE_NAME_SIZE {
+            return Err(Error::TooLarge {
+                what: "tree name",
+                size: name.len(),
+                limit: MAX_TREE_NAME_SIZE,
+            });
+        }
+        self.core.check_poison()?;
+        let idx = match self.core.find_tree(name)? {
+            Some(i) => {
+                if self.core.trees[i].order != order {
+                    return Err(Error::KeyOrderMismatch {
+                        tree: String::from_utf8_lossy(name).into_owned(),
+                    });
+                }
+                i
+            }
+            None => {
+                let fresh = write::TreeState {
+                    name: name.to_vec(),
+                    root: 0,
+                    order,
+                    dirty: true,
+                    dropped: false,
+                };
+                match self.core.trees.iter().position(|t| t.name == name) {
+                    Some(i) => {
+                        self.core.trees[i] = fresh;
+                        i
+                    }
+                    None => {
+                        self.core.trees.push(fresh);
+                        self.core.trees.len() - 1
+                    }
+                }
+            }
+        };
+        Ok(TreeMut {
+            core: &mut self.core,
+            idx,
+        })
     }
 
     /// Deletes a tree and frees its pages; returns whether it existed.
     pub fn drop_tree(&mut self, name: &[u8]) -> Result<bool> {
-        let _ = name;
-        unimplemented!()
+        if name.len() > MAX_TREE_NAME_SIZE {
+            return Ok(false);
+        }
+        self.core.check_poison()?;
+        let Some(i) = self.core.find_tree(name)? else {
+            return Ok(false);
+        };
+        self.core.guarded(|c| {
+            let root = c.trees[i].root;
+            c.free_tree(root, 0)?;
+            let t = &mut c.trees[i];
+            t.root = 0;
+            t.dropped = true;
+            t.dirty = true;
+            Ok(true)
+        })
     }
 
-    /// Makes this transaction visible to new readers (no fsync). Returns its txid.
+    /// Makes this transaction visible to new readers (no fsync). Returns its txid. A
+    /// transaction that changed nothing publishes nothing and returns the current txid.
     pub async fn publish(self) -> Result<u64> {
-        unimplemented!()
+        let WriteTxn {
+            backend,
+            mut core,
+            _busy,
+        } = self;
+        if !core.is_dirty() {
+            core.check_poison()?;
+            return Ok(backend.state.borrow().published.txid);
+        }
+        let (pages, snap) = core.prepare_commit()?;
+        backend.ensure_len(snap.high_water)?;
+        backend.write_pages(pages).await?;
+        backend.shared.reg.publish(snap);
+        let mut st = backend.state.borrow_mut();
+        st.published = snap;
+        st.freelist = core.freelist;
+        Ok(snap.txid)
     }
 }
 
 /// A writable view of one tree inside the write transaction (reads see its own writes).
 pub struct TreeMut<'w> {
-    _txn: std::marker::PhantomData<&'w mut ()>,
+    core: &'w mut TxnCore,
+    idx: usize,
 }
 
 impl TreeMut<'_> {
     /// Inserts or replaces.
     pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
-        let _ = (key, value);
-        unimplemented!()
+        if key.len() > MAX_KEY_SIZE {
+            return Err(Error::TooLarge {
+                what: "key",
+                size: key.len(),
+                limit: MAX_KEY_SIZE,
+            });
+        }
+        if value.len() > MAX_VALUE_SIZE {
+            return Err(Error::TooLarge {
+                what: "value",
+                size: value.len(),
+                limit: MAX_VALUE_SIZE,
+            });
+        }
+        let idx = self.idx;
+        self.core.guarded(|c| {
+            let (mut root, order) = (c.trees[idx].root, c.trees[idx].order);
+            let v = c.make_val(value)?;
+            c.put(&mut root, order, key, v)?;
+            let t = &mut c.trees[idx];
+            t.root = root;
+            t.dirty = true;
+            Ok(())
+        })
     }
     /// Removes `key`; returns whether it was there.
     pub fn delete(&mut self, key: &[u8]) -> Result<bool> {
-        let _ = key;
-        unimplemented!()
+        if key.len() > MAX_KEY_SIZE {
+            return Ok(false);
+        }
+        let idx = self.idx;
+        self.core.guarded(|c| {
+            let (mut root, order) = (c.trees[idx].root, c.trees[idx].order);
+            let found = c.del(&mut root, order, key)?;
+            if found {
+                let t = &mut c.trees[idx];
+                t.root = root;
+                t.dirty = true;
+            }
+            Ok(found)
+        })
     }
     /// The current value of `key` in this transaction (copied out).
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let _ = key;
-        unimplemented!()
+        self.core.check_poison()?;
+        let t = &self.core.trees[self.idx];
+        self.core.get(t.root, t.order, key)
     }
     /// At most `limit` entries in `range` as seen by this transaction (copied out), in key
     /// order.
@@ -344,7 +1032,16 @@ impl TreeMut<'_> {
         range: R,
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let _ = (range.start_bound(), limit);
-        unimplemented!()
+        self.core.check_poison()?;
+        let (s, e) = bounds(&range);
+        let t = &self.core.trees[self.idx];
+        let mut out = Vec::new();
+        if limit > 0 {
+            self.core.scan(t.root, t.order, s, e, limit, &mut out, 0)?;
+        }
+        Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,780 @@
+//! Unit tests of the whole backend through its public API, run on a glommio executor.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::ops::Bound;
+
+use glommio::{LocalExecutorBuilder, Placement};
+
+use super::*;
+
+fn run<F, T>(f: impl FnOnce() -> F + Send + 'static) -> T
+where
+    F: Future<Output = T> + 'static,
+    T: Send + 'static,
+{
+    LocalExecutorBuilder::new(Placement::Unbound)
+        .make()
+        .expect("glommio executor")
+        .run(f())
+}
+
+fn opts() -> Options {
+    Options {
+        max_map_size: 1 << 30,
+        grow_step: 1 << 20,
+    }
+}
+
+fn iters(var: &str, default: u64) -> u64 {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn assert_clean(b: &Backend) {
+    let r = b.check().unwrap();
+    assert!(r.problems.is_empty(), "check problems: {:?}", r.problems);
+}
+
+/// A tiny deterministic PRNG (xorshift) so failures reproduce.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+#[test]
+fn prefix_then_u64_orders_by_prefix_then_number() {
+    let o = KeyOrder::PrefixThenU64;
+    let k = |p: &[u8], n: u64| [p, &n.to_be_bytes()[..]].concat();
+    assert_eq!(o.compare(&k(b"a", 5), &k(b"a", 7)), Ordering::Less);
+    assert_eq!(o.compare(&k(b"a", 1 << 60), &k(b"ab", 0)), Ordering::Less);
+    // Bytewise would put "a"+0xff.. after "ab"+0; the prefix order does not.
+    assert_eq!(
+        KeyOrder::Bytewise.compare(&k(b"a", u64::MAX), &k(b"ab", 0)),
+        Ordering::Greater
+    );
+    assert_eq!(o.compare(&k(b"a", u64::MAX), &k(b"ab", 0)), Ordering::Less);
+    assert_eq!(o.compare(&k(b"x", 3), &k(b"x", 3)), Ordering::Equal);
+    // Short keys: a prefix without a number sorts before the same prefix with one.
+    assert_eq!(o.compare(b"", &k(b"", 0)), Ordering::Less);
+    assert_eq!(o.compare(b"abc", b"abd"), Ordering::Less);
+}
+
+#[test]
+fn put_get_publish_sync_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let p2 = path.clone();
+    run(move || async move {
+        let b = Backend::open(&p2, opts()).await.unwrap();
+        let mut w = b.begin_write().unwrap();
+        {
+            let mut t = w.open_tree(b"kv", KeyOrder::Bytewise).unwrap();
+            t.put(b"a", b"1").unwrap();
+            t.put(b"b", b"2").unwrap();
+            assert_eq!(t.get(b"a").unwrap().as_deref(), Some(&b"1"[..]));
+        }
+        let before = b.begin_read().unwrap();
+        let tx = w.publish().await.unwrap();
+        assert!(
+            before.tree(b"kv").unwrap().is_none(),
+            "old snapshot sees no tree"
+        );
+        let r = b.begin_read().unwrap();
+        assert_eq!(r.txid(), tx);
+        let t = r.tree(b"kv").unwrap().unwrap();
+        assert_eq!(t.get(b"b").unwrap(), Some(&b"2"[..]));
+        assert_eq!(t.get(b"c").unwrap(), None);
+        assert_eq!(b.sync().await.unwrap(), tx);
+        assert_eq!(b.stats().synced_txid, tx);
+        // Published but not synced: lost on reopen (the durable meta is the synced one).
+        let mut w = b.begin_write().unwrap();
+        w.open_tree(b"kv", KeyOrder::Bytewise)
+            .unwrap()
+            .put(b"c", b"3")
+            .unwrap();
+        w.publish().await.unwrap();
+        assert_clean(&b);
+        drop((r, before));
+        drop(b);
+        let b = Backend::open(&p2, opts()).await.unwrap();
+        let r = b.begin_read().unwrap();
+        assert_eq!(r.txid(), tx);
+        let t = r.tree(b"kv").unwrap().unwrap();
+        assert_eq!(t.get(b"a").unwrap(), Some(&b"1"[..]));
+        assert_eq!(t.get(b"c").unwrap(), None);
+        assert_clean(&b);
+    });
+    let rep = check_file(&path).unwrap();
+    assert!(rep.problems.is_empty(), "{:?}", rep.problems);
+}
+
+#[test]
+fn second_open_is_locked_and_writer_is_single() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    run(move || async move {
+        let b = Backend::open(&path, opts()).await.unwrap();
+        match Backend::open(&path, opts()).await {
+            Err(Error::Locked(p)) => assert_eq!(p, path),
+            Err(e) => panic!("expected Locked, got {e}"),
+            Ok(_) => panic!("expected Locked, got a second open"),
+        }
+        assert!(matches!(check_file(&path), Err(Error::Locked(_))));
+        let w = b.begin_write().unwrap();
+        assert!(matches!(b.begin_write(), Err(Error::WriterBusy)));
+        drop(w);
+        let _w = b.begin_write().unwrap();
+    });
+}
+
+#[test]
+fn limits_and_key_order_mismatch() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    run(move || async move {
+        let b = Backend::open(&path, opts()).await.unwrap();
+        let mut w = b.begin_write().unwrap();
+        let mut t = w.open_tree(b"t", KeyOrder::PrefixThenU64).unwrap();
+        let e = t.put(&vec![1; MAX_KEY_SIZE + 1], b"v").unwrap_err();
+        assert!(matches!(e, Error::TooLarge { what: "key", .. }), "{e}");
+        t.put(&vec![1; MAX_KEY_SIZE], b"v").unwrap();
+        let e = w
+            .open_tree(&[b'n'; MAX_TREE_NAME_SIZE + 1], KeyOrder::Bytewise)
+            .err()
+            .unwrap();
+        assert!(matches!(
+            e,
+            Error::TooLarge {
+                what: "tree name",
+                ..
+            }
+        ));
+        w.open_tree(&[b'n'; MAX_TREE_NAME_SIZE], KeyOrder::Bytewise)
+            .unwrap();
+        assert!(matches!(
+            w.open_tree(b"t", KeyOrder::Bytewise).err().unwrap(),
+            Error::KeyOrderMismatch { .. }
+        ));
+        w.publish().await.unwrap();
+        let mut w = b.begin_write().unwrap();
+        assert!(matches!(
+            w.open_tree(b"t", KeyOrder::Bytewise).err().unwrap(),
+            Error::KeyOrderMismatch { .. }
+        ));
+        drop(w);
+        assert_clean(&b);
+    });
+}
+
+/// Random puts/deletes against a model, with every read API compared after each publish.
+#[test]
+fn model_random_ops_with_splits_merges_and_overflow() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let rounds = iters("COREKV_BACKEND_MODEL_ITERS", 30);
+    run(move || async move {
+        let b = Backend::open(&path, opts()).await.unwrap();
+        let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        let mut rng = Rng(0x9e3779b97f4a7c15);
+        for round in 0..rounds {
+            let mut w = b.begin_write().unwrap();
+            let mut t = w.open_tree(b"kv", KeyOrder::Bytewise).unwrap();
+            // Early rounds grow the tree, later ones shrink it.
+            let del_pct = if round < rounds / 2 { 25 } else { 75 };
+            for _ in 0..300 {
+                let k = format!("key{:05}", rng.below(3000)).into_bytes();
+                let k = match rng.below(50) {
+                    0 => [k, vec![b'L'; 700]].concat(), // long key: overflow + separators
+                    _ => k,
+                };
+                if rng.below(100) < del_pct {
+                    assert_eq!(t.delete(&k).unwrap(), model.remove(&k).is_some());
+                } else {
+                    let vlen = match rng.below(40) {
+                        0 => 5000 + rng.below(20_000) as usize,
+                        1 => 1000 + rng.below(100) as usize,
+                        _ => rng.below(60) as usize,
+                    };
+                    let v: Vec<u8> = (0..vlen).map(|i| (i as u64 + round) as u8).collect();
+                    t.put(&k, &v).unwrap();
+                    model.insert(k, v);
+                }
+            }
+            // Reads in the transaction see its own writes.
+            let probe = format!("key{:05}", rng.below(3000)).into_bytes();
+            assert_eq!(t.get(&probe).unwrap(), model.get(&probe).cloned());
+            let lo = format!("key{:05}", rng.below(3000)).into_bytes();
+            let got = t
+                .scan((Bound::Included(&lo[..]), Bound::Unbounded), 20)
+                .unwrap();
+            let want: Vec<_> = model
+                .range(lo.clone()..)
+                .take(20)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            assert_eq!(got, want);
+            w.publish().await.unwrap();
+            if round % 3 == 0 {
+                b.sync().await.unwrap();
+            }
+            assert_clean(&b);
+            let r = b.begin_read().unwrap();
+            let t = r.tree(b"kv").unwrap().unwrap();
+            let all: Vec<_> = t
+                .range(..)
+                .unwrap()
+                .map(|e| e.map(|(k, v)| (k.to_vec(), v.to_vec())).unwrap())
+                .collect();
+            assert!(all.iter().map(|e| &e.0).eq(model.keys()));
+            assert!(all.iter().map(|e| &e.1).eq(model.values()));
+            let a = format!("key{:05}", rng.below(3000)).into_bytes();
+            let z = format!("key{:05}", rng.below(3000)).into_bytes();
+            let rev: Vec<_> = t
+                .range(&a[..]..&z[..])
+                .unwrap()
+                .rev()
+                .map(|e| e.unwrap().0.to_vec())
+                .collect();
+            let want: Vec<_> = if a <= z {
+                model
+                    .range(a.clone()..z.clone())
+                    .rev()
+                    .map(|(k, _)| k.clone())
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            assert_eq!(rev, want);
+            let n = t.count(&a[..]..=&z[..]).unwrap();
+            let want = if a <= z {
+                model.range(a.clone()..=z.clone()).count() as u64
+            } else {
+                0
+            };
+            assert_eq!(n, want);
+            for _ in 0..20 {
+                let k = format!("key{:05}", rng.below(3000)).into_bytes();
+                assert_eq!(t.get(&k).unwrap(), model.get(&k).map(|v| &v[..]));
+            }
+        }
+        // Delete everything: the tree collapses to empty and no page leaks.
+        let mut w = b.begin_write().unwrap();
+        let mut t = w.open_tree(b"kv", KeyOrder::Bytewise).unwrap();
+        for k in model.keys() {
+            assert!(t.delete(k).unwrap());
+        }
+        assert!(t.scan(.., 10).unwrap().is_empty());
+        w.publish().await.unwrap();
+        b.sync().await.unwrap();
+        assert_clean(&b);
+        let r = b.begin_read().unwrap();
+        let t = r.tree(b"kv").unwrap().unwrap();
+        assert_eq!(t.count(..).unwrap(), 0);
+        let rep = b.check().unwrap();
+        // Only the catalog leaf and the freelist run remain reachable.
+        assert!(rep.reachable_pages <= 3, "{rep:?}");
+    });
+}
+
+#[test]
+fn cursor_seek_next_prev() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    run(move || async move {
+        let b = Backend::open(&path, opts()).await.unwrap();
+        let mut w = b.begin_write().unwrap();
+        let mut t = w.open_tree(b"kv", KeyOrder::Bytewise).unwrap();
+        // Enough keys for several leaves.
+        for i in (0..2000u32).step_by(2) {
+            t.put(format!("{i:06}").as_bytes(), &[7u8; 40]).unwrap();
+        }
+        w.publish().await.unwrap();
+        let r = b.begin_read().unwrap();
+        let t = r.tree(b"kv").unwrap().unwrap();
+        let key =
+            |e: Option<(&[u8], &[u8])>| e.map(|(k, _)| String::from_utf8(k.to_vec()).unwrap());
+        let mut c = t.cursor();
+        assert_eq!(key(c.next().unwrap()).as_deref(), Some("000000"));
+        let mut c = t.cursor();
+        assert_eq!(key(c.prev().unwrap()).as_deref(), Some("001998"));
+        assert_eq!(key(c.seek(b"000501").unwrap()).as_deref(), Some("000502"));
+        assert_eq!(key(c.next().unwrap()).as_deref(), Some("000504"));
+        assert_eq!(key(c.prev().unwrap()).as_deref(), Some("000502"));
+        assert_eq!(key(c.prev().unwrap()).as_deref(), Some("000500"));
+        assert_eq!(
+            key(c.seek_for_prev(b"000501").unwrap()).as_deref(),
+            Some("000500")
+        );
+        assert_eq!(
+            key(c.seek_for_prev(b"000500").unwrap()).as_deref(),
+            Some("000500")
+        );
+        assert_eq!(key(c.seek(b"001999").unwrap()), None);
+        assert_eq!(key(c.prev().unwrap()).as_deref(), Some("001998"));
+        assert_eq!(key(c.seek_for_prev(b"").unwrap()), None);
+        assert_eq!(key(c.next().unwrap()).as_deref(), Some("000000"));
+        // Walk everything both ways.
+        let mut c = t.cursor();
+        let mut n = 0;
+        while c.next().unwrap().is_some() {
+            n += 1;
+        }
+        assert_eq!(n, 1000);
+        assert_eq!(key(c.next().unwrap()), None);
+        let mut n = 0;
+        while c.prev().unwrap().is_some() {
+            n += 1;
+        }
+        assert_eq!(n, 1000);
+        // Ranges with excluded bounds, and meeting in the middle.
+        let mut it = t
+            .range((
+                Bound::Excluded(&b"000010"[..]),
+                Bound::Excluded(&b"000020"[..]),
+            ))
+            .unwrap();
+        assert_eq!(it.next().unwrap().unwrap().0, b"000012");
+        assert_eq!(it.next_back().unwrap().unwrap().0, b"000018");
+        assert_eq!(it.next().unwrap().unwrap().0, b"000014");
+        assert_eq!(it.next_back().unwrap().unwrap().0, b"000016");
+        assert!(it.next().is_none() && it.next_back().is_none());
+        assert_eq!(t.count(&b"000011"[..]..&b"000012"[..]).unwrap(), 0);
+        assert_eq!(t.range(&b"1"[..]..&b"0"[..]).unwrap().count(), 0);
+    });
+}
+
+#[test]
+fn large_values_and_keys_roundtrip_zero_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    run(move || async move {
+        let b = Backend::open(&path, opts()).await.unwrap();
+        let big: Vec<u8> = (0..1_572_864u32).map(|i| (i % 251) as u8).collect();
+        let mut w = b.begin_write().unwrap();
+        let mut t = w.open_tree(b"kv", KeyOrder::PrefixThenU64).unwrap();
+        let mut keys = Vec::new();
+        for i in 0..40u64 {
+            let mut k = vec![b'k'; MAX_KEY_SIZE - 8];
+            k[0] = i as u8;
+            k.extend_from_slice(&i.to_be_bytes());
+            t.put(&k, &big[..(i as usize + 1) * 1000]).unwrap();
+            keys.push(k);
+        }
+        t.put(b"huge\0\0\0\0\0\0\0\x01", &big).unwrap();
+        assert_eq!(t.get(b"huge\0\0\0\0\0\0\0\x01").unwrap().unwrap(), big);
+        w.publish().await.unwrap();
+        b.sync().await.unwrap();
+        assert_clean(&b);
+        let r = b.begin_read().unwrap();
+        let t = r.tree(b"kv").unwrap().unwrap();
+        assert_eq!(t.get(b"huge\0\0\0\0\0\0\0\x01").unwrap().unwrap(), &big[..]);
+        for (i, k) in keys.iter().enumerate() {
+            assert_eq!(t.get(k).unwrap().unwrap(), &big[..(i + 1) * 1000]);
+        }
+        drop(r);
+        // Replace and delete: the old runs are freed, not leaked.
+        let mut w = b.begin_write().unwrap();
+        let mut t = w.open_tree(b"kv", KeyOrder::PrefixThenU64).unwrap();
+        t.put(b"huge\0\0\0\0\0\0\0\x01", b"small").unwrap();
+        for k in &keys[..20] {
+            assert!(t.delete(k).unwrap());
+        }
+        w.publish().await.unwrap();
+        assert_clean(&b);
+    });
+}
+
+/// A reader pinned on an old snapshot keeps seeing it, bit for bit, while the writer
+/// rewrites, deletes, syncs and reuses pages many times.
+#[test]
+fn pinned_reader_blocks_reuse_of_its_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    run(move || async move {
+        let b = Backend::open(&path, opts()).await.unwrap();
+        let mut w = b.begin_write().unwrap();
+        let mut t = w.open_tree(b"kv", KeyOrder::Bytewise).unwrap();
+        for i in 0..500u32 {
+            t.put(format!("{i:05}").as_bytes(), format!("v0-{i}").as_bytes())
+                .unwrap();
+        }
+        w.publish().await.unwrap();
+        b.sync().await.unwrap();
+        let old = b.begin_read().unwrap();
+        // A reader on another thread, too.
+        let reader = b.reader();
+        let th = std::thread::spawn(move || {
+            let r = reader.begin_read().unwrap();
+            r.tree(b"kv").unwrap().unwrap().count(..).unwrap()
+        });
+        let pages_before = b.stats().published_txid;
+        for round in 1..30u32 {
+            let mut w = b.begin_write().unwrap();
+            let mut t = w.open_tree(b"kv", KeyOrder::Bytewise).unwrap();
+            for i in 0..500u32 {
+                if (i + round) % 3 == 0 {
+                    t.delete(format!("{i:05}").as_bytes()).unwrap();
+                } else {
+                    t.put(
+                        format!("{i:05}").as_bytes(),
+                        format!("v{round}-{i}").as_bytes(),
+                    )
+                    .unwrap();
+                }
+            }
+            w.publish().await.unwrap();
+            b.sync().await.unwrap();
+        }
+        assert!(b.stats().published_txid > pages_before);
+        let n = th.join().unwrap();
+        assert!(n > 0 && n <= 500, "{n}");
+        let t = old.tree(b"kv").unwrap().unwrap();
+        for i in 0..500u32 {
+            assert_eq!(
+                t.get(format!("{i:05}").as_bytes()).unwrap().unwrap(),
+                format!("v0-{i}").as_bytes()
+            );
+        }
+        let size_pinned = b.stats().file_size;
+        drop(old);
+        // With the reader gone, later transactions reuse pages: the file stops growing.
+        for round in 0..30u32 {
+            let mut w = b.begin_write().unwrap();
+            let mut t = w.open_tree(b"kv", KeyOrder::Bytewise).unwrap();
+            for i in 0..500u32 {
+                t.put(format!("{i:05}").as_bytes(), format!("w{round}").as_bytes())
+                    .unwrap();
+            }
+            w.publish().await.unwrap();
+            b.sync().await.unwrap();
+        }
+        assert_eq!(b.stats().file_size, size_pinned);
+        assert!(b.stats().free_pages > 0);
+        assert_clean(&b);
+    });
+}
+
+/// Pages freed by a published but unsynced transaction are not reused: the durable meta can
+/// still reach them.
+#[test]
+fn unsynced_frees_are_not_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let p2 = path.clone();
+    run(move || async move {
+        let b = Backend::open(&p2, opts()).await.unwrap();
+        let mut w = b.begin_write().unwrap();
+        let mut t = w.open_tree(b"kv", KeyOrder::Bytewise).unwrap();
+        for i in 0..300u32 {
+            t.put(format!("{i:05}").as_bytes(), b"durable").unwrap();
+        }
+        w.publish().await.unwrap();
+        b.sync().await.unwrap();
+        // Many published, never synced rewrites.
+        for round in 0..20u32 {
+            let mut w = b.begin_write().unwrap();
+            let mut t = w.open_tree(b"kv", KeyOrder::Bytewise).unwrap();
+            for i in 0..300u32 {
+                t.put(format!("{i:05}").as_bytes(), format!("r{round}").as_bytes())
+                    .unwrap();
+            }
+            w.publish().await.unwrap();
+        }
+    });
+    // "Crash": reopen from the durable meta; all of it must be intact.
+    run(move || async move {
+        let b = Backend::open(&path, opts()).await.unwrap();
+        assert_clean(&b);
+        let r = b.begin_read().unwrap();
+        let t = r.tree(b"kv").unwrap().unwrap();
+        for i in 0..300u32 {
+            assert_eq!(
+                t.get(format!("{i:05}").as_bytes()).unwrap(),
+                Some(&b"durable"[..])
+            );
+        }
+    });
+}
+
+fn flip(path: &Path, offset: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, offset).unwrap();
+    b[0] ^= 0x5a;
+    f.write_all_at(&b, offset).unwrap();
+}
+
+#[test]
+fn torn_meta_falls_back_and_both_bad_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let p2 = path.clone();
+    let (t1, t2, slot2) = run(move || async move {
+        let b = Backend::open(&p2, opts()).await.unwrap();
+        let mut txids = Vec::new();
+        for v in [&b"one"[..], b"two"] {
+            let mut w = b.begin_write().unwrap();
+            w.open_tree(b"kv", KeyOrder::Bytewise)
+                .unwrap()
+                .put(b"k", v)
+                .unwrap();
+            w.publish().await.unwrap();
+            txids.push(b.sync().await.unwrap());
+        }
+        let slot = b.state.borrow().durable_slot;
+        (txids[0], txids[1], slot)
+    });
+    flip(&path, (slot2 * PAGE_SIZE + 20) as u64);
+    let p3 = path.clone();
+    run(move || async move {
+        let b = Backend::open(&p3, opts()).await.unwrap();
+        let r = b.begin_read().unwrap();
+        assert_eq!(r.txid(), t1);
+        assert_ne!(t1, t2);
+        assert_eq!(
+            r.tree(b"kv").unwrap().unwrap().get(b"k").unwrap(),
+            Some(&b"one"[..])
+        );
+        assert_clean(&b);
+    });
+    let rep = check_file(&path).unwrap();
+    assert!(
+        rep.problems.iter().any(|p| p.contains("meta page")),
+        "{rep:?}"
+    );
+    flip(&path, ((1 - slot2) * PAGE_SIZE + 20) as u64);
+    run(move || async move {
+        let e = Backend::open(&path, opts())
+            .await
+            .err()
+            .expect("must refuse");
+        let msg = e.to_string();
+        assert!(msg.contains("meta 0") && msg.contains("meta 1"), "{msg}");
+    });
+}
+
+#[test]
+fn truncated_file_is_refused_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let p2 = path.clone();
+    run(move || async move {
+        let b = Backend::open(&p2, opts()).await.unwrap();
+        let mut w = b.begin_write().unwrap();
+        let mut t = w.open_tree(b"kv", KeyOrder::Bytewise).unwrap();
+        for i in 0..2000u32 {
+            t.put(format!("{i:05}").as_bytes(), &[1u8; 100]).unwrap();
+        }
+        w.publish().await.unwrap();
+        b.sync().await.unwrap();
+        b.sync().await.unwrap();
+    });
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(10 * PAGE_SIZE as u64)
+        .unwrap();
+    run(move || async move {
+        // The old meta (empty database, high water 2) still fits, so it is chosen over the
+        // truncated newer one; its view is consistent.
+        let b = Backend::open(&path, opts()).await.unwrap();
+        assert!(b.begin_read().unwrap().tree(b"kv").unwrap().is_none());
+        drop(b);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(PAGE_SIZE as u64)
+            .unwrap();
+        let e = Backend::open(&path, opts())
+            .await
+            .err()
+            .expect("must refuse");
+        assert!(e.to_string().contains("too small"), "{e}");
+    });
+}
+
+#[test]
+fn flipped_data_byte_is_reported_by_check_and_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let p2 = path.clone();
+    let leaf = run(move || async move {
+        let b = Backend::open(&p2, opts()).await.unwrap();
+        let mut w = b.begin_write().unwrap();
+        let mut t = w.open_tree(b"kv", KeyOrder::Bytewise).unwrap();
+        for i in 0..500u32 {
+            t.put(format!("{i:05}").as_bytes(), &[3u8; 50]).unwrap();
+        }
+        w.publish().await.unwrap();
+        b.sync().await.unwrap();
+        // Find the leaf holding "00250" by walking the root.
+        let r = b.begin_read().unwrap();
+        let t = r.tree(b"kv").unwrap().unwrap();
+        let mut c = t.cursor();
+        c.seek(b"00250").unwrap();
+        c.raw.pos().unwrap().0
+    });
+    flip(&path, leaf * PAGE_SIZE as u64 + 300);
+    let rep = check_file(&path).unwrap();
+    assert!(
+        rep.problems
+            .iter()
+            .any(|p| p.contains(&format!("page {leaf}")) && p.contains("checksum")),
+        "{rep:?}"
+    );
+    run(move || async move {
+        let b = Backend::open(&path, opts()).await.unwrap();
+        let rep = b.check().unwrap();
+        assert!(!rep.problems.is_empty());
+        let r = b.begin_read().unwrap();
+        let t = r.tree(b"kv").unwrap().unwrap();
+        match t.get(b"00250") {
+            Err(Error::Corrupt(m)) => assert!(m.contains(&format!("page {leaf}")), "{m}"),
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+        let n = t.range(..).unwrap().filter(|e| e.is_err()).count();
+        assert_eq!(n, 1, "a scan stops with one error");
+        // Other leaves still read fine.
+        assert!(t.get(b"00000").unwrap().is_some() || t.get(b"00499").unwrap().is_some());
+        // The writer refuses to build on the damaged page.
+        let mut w = b.begin_write().unwrap();
+        let mut tm = w.open_tree(b"kv", KeyOrder::Bytewise).unwrap();
+        assert!(matches!(tm.put(b"00250", b"x"), Err(Error::Corrupt(_))));
+        assert!(
+            tm.put(b"00001", b"x").is_err(),
+            "poisoned after a failed edit"
+        );
+    });
+}
+
+#[test]
+fn garbage_file_is_refused_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let mut rng = Rng(42);
+    let junk: Vec<u8> = (0..64 * 1024).map(|_| rng.next() as u8).collect();
+    std::fs::write(&path, junk).unwrap();
+    let p2 = path.clone();
+    run(move || async move {
+        assert!(matches!(
+            Backend::open(&p2, opts()).await,
+            Err(Error::Corrupt(_))
+        ));
+    });
+    assert!(matches!(check_file(&path), Err(Error::Corrupt(_))));
+}
+
+#[test]
+fn drop_tree_frees_everything_and_compact_copies() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let copy = dir.path().join("copy");
+    let c2 = copy.clone();
+    run(move || async move {
+        let b = Backend::open(&path, opts()).await.unwrap();
+        let mut w = b.begin_write().unwrap();
+        for name in [&b"a"[..], b"b", b"gone"] {
+            let mut t = w.open_tree(name, KeyOrder::PrefixThenU64).unwrap();
+            for i in 0..3000u64 {
+                let k = [&b"key"[..], &i.to_be_bytes()].concat();
+                let v = if i % 500 == 0 {
+                    vec![9u8; 3000]
+                } else {
+                    vec![1u8; 30]
+                };
+                t.put(&k, &v).unwrap();
+            }
+        }
+        w.open_tree(b"empty", KeyOrder::Bytewise).unwrap();
+        w.publish().await.unwrap();
+        b.sync().await.unwrap();
+        let mut w = b.begin_write().unwrap();
+        assert!(w.drop_tree(b"gone").unwrap());
+        assert!(!w.drop_tree(b"never").unwrap());
+        // Half of "a" deleted: sparse pages for compaction to pack.
+        let mut t = w.open_tree(b"a", KeyOrder::PrefixThenU64).unwrap();
+        for i in (0..3000u64).step_by(2) {
+            t.delete(&[&b"key"[..], &i.to_be_bytes()].concat()).unwrap();
+        }
+        w.publish().await.unwrap();
+        b.sync().await.unwrap();
+        assert_clean(&b);
+        assert!(b.begin_read().unwrap().tree(b"gone").unwrap().is_none());
+        b.compact_into(&c2).await.unwrap();
+        assert!(b.compact_into(&c2).await.is_err(), "refuses to overwrite");
+        let src_pages = b.check().unwrap().reachable_pages;
+        drop(b);
+        let rep = check_file(&c2).unwrap();
+        assert!(rep.problems.is_empty(), "{:?}", rep.problems);
+        assert!(
+            rep.reachable_pages < src_pages,
+            "{} vs {src_pages}",
+            rep.reachable_pages
+        );
+        let c = Backend::open(&c2, opts()).await.unwrap();
+        let r = c.begin_read().unwrap();
+        assert!(r.tree(b"gone").unwrap().is_none());
+        assert_eq!(r.tree(b"empty").unwrap().unwrap().count(..).unwrap(), 0);
+        assert_eq!(r.tree(b"a").unwrap().unwrap().count(..).unwrap(), 1500);
+        let t = r.tree(b"b").unwrap().unwrap();
+        assert_eq!(t.count(..).unwrap(), 3000);
+        assert_eq!(
+            t.get(&[&b"key"[..], &500u64.to_be_bytes()].concat())
+                .unwrap()
+                .unwrap(),
+            &vec![9u8; 3000][..]
+        );
+    });
+}
+
+#[test]
+fn map_full_is_an_error_not_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    run(move || async move {
+        let o = Options {
+            max_map_size: 64 * PAGE_SIZE as u64,
+            grow_step: 16 * PAGE_SIZE as u64,
+        };
+        let b = Backend::open(&path, o).await.unwrap();
+        let mut w = b.begin_write().unwrap();
+        let mut t = w.open_tree(b"kv", KeyOrder::Bytewise).unwrap();
+        let mut err = None;
+        for i in 0..10_000u32 {
+            if let Err(e) = t.put(format!("{i:06}").as_bytes(), &[0u8; 200]) {
+                err = Some(e);
+                break;
+            }
+        }
+        assert!(matches!(err, Some(Error::MapFull)), "{err:?}");
+        assert!(matches!(t.get(b"000001"), Err(Error::MapFull)));
+        drop(w);
+        // The aborted transaction left nothing behind.
+        assert_clean(&b);
+        let mut w = b.begin_write().unwrap();
+        w.open_tree(b"kv", KeyOrder::Bytewise)
+            .unwrap()
+            .put(b"x", b"y")
+            .unwrap();
+        w.publish().await.unwrap();
+        assert_clean(&b);
+    });
+}
