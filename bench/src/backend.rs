@@ -757,8 +757,8 @@ mod tests {
     }
 
     #[test]
-    fn smoke_lmdb_redb() {
-        smoke(vec![EngineKind::Lmdb, EngineKind::Redb]);
+    fn smoke_all_engines() {
+        smoke(EngineKind::ALL.to_vec());
     }
 
     /// Checks one engine's scans against a sorted model, both directions, from keys that
@@ -837,13 +837,13 @@ mod tests {
     }
 
     #[test]
-    fn lmdb_and_redb_scans_match_model() {
-        let a = tempfile::tempdir().unwrap();
-        let b = tempfile::tempdir().unwrap();
-        let (pa, pb) = (a.path().to_path_buf(), b.path().to_path_buf());
+    fn scans_and_gets_match_model() {
+        let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let paths: Vec<PathBuf> = dirs.iter().map(|d| d.path().to_path_buf()).collect();
         on_executor(move || async move {
-            scans_match_model::<Lmdb>(&pa).await;
-            scans_match_model::<Redb>(&pb).await;
+            scans_match_model::<Corekv>(&paths[0]).await;
+            scans_match_model::<Lmdb>(&paths[1]).await;
+            scans_match_model::<Redb>(&paths[2]).await;
         });
     }
 
