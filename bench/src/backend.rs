@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use engines::{Corekv, Engine, Lmdb, Redb, LMDB_MAX_KEY_SIZE};
+use engines::{Corekv, Engine, Lmdb, Redb, WriteTimes, LMDB_MAX_KEY_SIZE};
 use workload::{Batch, DataShape, SplitMix64, MIN_KEY_SIZE, VALUE_TAG_SIZE};
 
 /// Upper limit of `--keys` (and of all keys written in one run): keeps a typo from filling
@@ -313,6 +313,10 @@ pub struct PhaseResult {
     pub entries: u64,
     /// Wrapping sum of the value tags seen: must agree between engines.
     pub checksum: u64,
+    /// Write phases: durable commits made.
+    pub commits: u64,
+    /// Write phases: where the time of all commits went (sums).
+    pub write_times: WriteTimes,
 }
 
 impl PhaseResult {
@@ -325,6 +329,8 @@ impl PhaseResult {
                 .map_err(|e| format!("histogram: {e}"))?,
             entries: 0,
             checksum: 0,
+            commits: 0,
+            write_times: WriteTimes::default(),
         })
     }
 
@@ -563,10 +569,14 @@ async fn write_one<E: Engine>(
     batch: &Batch,
 ) -> Result<(), String> {
     let start = Instant::now();
-    let commit = engine.write(batch).await?;
+    let times = engine.write(batch).await?;
     phase.busy += start.elapsed();
     phase.ops += batch.len() as u64;
-    phase.record(commit);
+    phase.record(times.commit());
+    phase.commits += 1;
+    phase.write_times.apply += times.apply;
+    phase.write_times.publish += times.publish;
+    phase.write_times.sync += times.sync;
     Ok(())
 }
 

@@ -21,6 +21,24 @@ pub const LMDB_MAP_SIZE: usize = 64 << 30;
 /// keys so that all three engines run the same data.
 pub const LMDB_MAX_KEY_SIZE: usize = 511;
 
+/// Where the time of one durable write transaction went.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WriteTimes {
+    /// Begin the transaction and apply every put (in memory for all three engines).
+    pub apply: Duration,
+    /// corekv only: `publish` (dirty pages handed to the file, snapshot made visible).
+    pub publish: Duration,
+    /// Making it durable: corekv `sync`; LMDB and redb `commit` (which writes and fsyncs).
+    pub sync: Duration,
+}
+
+impl WriteTimes {
+    /// The durable-commit latency: everything after the last put.
+    pub fn commit(&self) -> Duration {
+        self.publish + self.sync
+    }
+}
+
 /// One storage engine under test. Static dispatch: the timed loops are monomorphised per
 /// engine, so no engine pays for an indirection the others do not.
 #[allow(async_fn_in_trait)] // only used on the single-threaded glommio executor; no Send needed
@@ -34,9 +52,9 @@ pub trait Engine: Sized {
     /// Creates an empty database inside the (empty, existing) directory `dir`.
     async fn open(dir: &Path) -> Result<Self, String>;
 
-    /// Writes `batch` in one transaction and returns once it is durable. Returns the time the
-    /// commit itself took (publish + sync, or commit), i.e. the durable-commit latency.
-    async fn write(&mut self, batch: &Batch) -> Result<Duration, String>;
+    /// Writes `batch` in one transaction and returns once it is durable, with where the time
+    /// went.
+    async fn write(&mut self, batch: &Batch) -> Result<WriteTimes, String>;
 
     /// Starts a read transaction, opens the table, runs `f` on it and ends the transaction.
     fn read<R>(&self, f: impl FnOnce(&Self::View<'_>) -> Result<R, String>) -> Result<R, String>;
@@ -94,7 +112,8 @@ impl Engine for Corekv {
         Ok(Corekv { backend, reader })
     }
 
-    async fn write(&mut self, batch: &Batch) -> Result<Duration, String> {
+    async fn write(&mut self, batch: &Batch) -> Result<WriteTimes, String> {
+        let start = Instant::now();
         let mut txn = self
             .backend
             .begin_write()
@@ -107,10 +126,15 @@ impl Engine for Corekv {
                 tree.put(k, v).map_err(err("corekv: put"))?;
             }
         }
-        let start = Instant::now();
+        let applied = Instant::now();
         txn.publish().await.map_err(err("corekv: publish"))?;
+        let published = Instant::now();
         self.backend.sync().await.map_err(err("corekv: sync"))?;
-        Ok(start.elapsed())
+        Ok(WriteTimes {
+            apply: applied - start,
+            publish: published - applied,
+            sync: published.elapsed(),
+        })
     }
 
     fn read<R>(&self, f: impl FnOnce(&Self::View<'_>) -> Result<R, String>) -> Result<R, String> {
@@ -211,14 +235,19 @@ impl Engine for Lmdb {
         Ok(Lmdb { env, db })
     }
 
-    async fn write(&mut self, batch: &Batch) -> Result<Duration, String> {
+    async fn write(&mut self, batch: &Batch) -> Result<WriteTimes, String> {
+        let start = Instant::now();
         let mut wtxn = self.env.write_txn().map_err(err("lmdb: write_txn"))?;
         for (k, v) in batch.iter() {
             self.db.put(&mut wtxn, k, v).map_err(err("lmdb: put"))?;
         }
-        let start = Instant::now();
+        let applied = Instant::now();
         wtxn.commit().map_err(err("lmdb: commit"))?;
-        Ok(start.elapsed())
+        Ok(WriteTimes {
+            apply: applied - start,
+            publish: Duration::ZERO,
+            sync: applied.elapsed(),
+        })
     }
 
     fn read<R>(&self, f: impl FnOnce(&Self::View<'_>) -> Result<R, String>) -> Result<R, String> {
@@ -324,7 +353,8 @@ impl Engine for Redb {
         Ok(Redb { db })
     }
 
-    async fn write(&mut self, batch: &Batch) -> Result<Duration, String> {
+    async fn write(&mut self, batch: &Batch) -> Result<WriteTimes, String> {
+        let start = Instant::now();
         let mut txn = self.db.begin_write().map_err(err("redb: begin_write"))?;
         txn.set_durability(redb::Durability::Immediate)
             .map_err(err("redb: set_durability"))?;
@@ -336,9 +366,13 @@ impl Engine for Redb {
                 table.insert(k, v).map_err(err("redb: insert"))?;
             }
         }
-        let start = Instant::now();
+        let applied = Instant::now();
         txn.commit().map_err(err("redb: commit"))?;
-        Ok(start.elapsed())
+        Ok(WriteTimes {
+            apply: applied - start,
+            publish: Duration::ZERO,
+            sync: applied.elapsed(),
+        })
     }
 
     fn read<R>(&self, f: impl FnOnce(&Self::View<'_>) -> Result<R, String>) -> Result<R, String> {

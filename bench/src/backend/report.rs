@@ -61,6 +61,12 @@ pub struct Summary {
     pub p99_ns: f64,
     /// Median entries per second (scans: entries visited; reads: values found).
     pub entries_per_sec: f64,
+    /// Write phases: median of the mean time per commit spent applying the puts (ns).
+    pub apply_ns: Option<f64>,
+    /// Write phases: the same for corekv's publish (0 for the others).
+    pub publish_ns: Option<f64>,
+    /// Write phases: the same for making the commit durable (sync / commit).
+    pub sync_ns: Option<f64>,
 }
 
 /// Per phase (in run order) and engine (in `cfg.engines` order), the medians over rounds.
@@ -89,10 +95,24 @@ pub fn summarise(cfg: &Config, runs: &[EngineRun]) -> Vec<Summary> {
                 p50_ns: med(&|p| p.latency.value_at_quantile(0.5) as f64),
                 p99_ns: med(&|p| p.latency.value_at_quantile(0.99) as f64),
                 entries_per_sec: med(&|p| p.entries as f64 / p.busy.as_secs_f64().max(1e-9)),
+                apply_ns: per_commit(&rounds, |p| p.write_times.apply.as_nanos() as f64),
+                publish_ns: per_commit(&rounds, |p| p.write_times.publish.as_nanos() as f64),
+                sync_ns: per_commit(&rounds, |p| p.write_times.sync.as_nanos() as f64),
             });
         }
     }
     out
+}
+
+/// The median over rounds of `total(p) / p.commits`; `None` unless this is a write phase.
+fn per_commit(rounds: &[&PhaseResult], total: impl Fn(&PhaseResult) -> f64) -> Option<f64> {
+    median(
+        rounds
+            .iter()
+            .filter(|p| p.commits > 0)
+            .map(|p| total(p) / p.commits as f64)
+            .collect(),
+    )
 }
 
 /// corekv's median ops/s divided by `s`'s (above 1: corekv is faster), if corekv ran.
@@ -151,6 +171,33 @@ pub fn table(cfg: &Config, runs: &[EngineRun]) -> String {
         );
         last_phase = &s.phase;
     }
+    let _ = writeln!(
+        t,
+        "\nwrite breakdown, mean per commit (median of rounds):\n{:<16} {:<7} {:>10} {:>10} {:>10}",
+        "phase", "engine", "apply", "publish", "sync"
+    );
+    let mut last_phase = "";
+    for s in &all {
+        let (Some(a), Some(p), Some(y)) = (s.apply_ns, s.publish_ns, s.sync_ns) else {
+            continue;
+        };
+        let label = if s.phase == last_phase { "" } else { &s.phase };
+        let _ = writeln!(
+            t,
+            "{:<16} {:<7} {:>10} {:>10} {:>10}",
+            label,
+            s.engine.name(),
+            fmt_ns(a as u64),
+            fmt_ns(p as u64),
+            fmt_ns(y as u64)
+        );
+        last_phase = &s.phase;
+    }
+    let _ = writeln!(
+        t,
+        "(apply = begin + puts; publish = corekv pages to the file + visible; sync = corekv \
+         sync, LMDB/redb commit)"
+    );
     let _ = write!(t, "disk used at the end (median):");
     for &e in &cfg.engines {
         if let Some(b) = median_disk(runs, e) {
@@ -224,7 +271,8 @@ pub fn json(cfg: &Config, runs: &[EngineRun]) -> String {
         .map(|s| {
             format!(
                 "{{\"phase\":{},\"engine\":{},\"ops_per_sec\":{},\"p50_ns\":{},\"p99_ns\":{},\
-                 \"entries_per_sec\":{},\"corekv_over_this\":{}}}",
+                 \"entries_per_sec\":{},\"corekv_over_this\":{},\"apply_ns_per_commit\":{},\
+                 \"publish_ns_per_commit\":{},\"sync_ns_per_commit\":{}}}",
                 json_str(&s.phase),
                 json_str(s.engine.name()),
                 json_num(s.ops_per_sec),
@@ -232,6 +280,9 @@ pub fn json(cfg: &Config, runs: &[EngineRun]) -> String {
                 json_num(s.p99_ns),
                 json_num(s.entries_per_sec),
                 corekv_ratio(&all, s).map_or("null".into(), json_num),
+                s.apply_ns.map_or("null".into(), json_num),
+                s.publish_ns.map_or("null".into(), json_num),
+                s.sync_ns.map_or("null".into(), json_num),
             )
         })
         .collect();
