@@ -663,14 +663,15 @@ impl Backend {
         Ok(())
     }
 
-    /// Current counters. `in_use_bytes` counts every page below the high-water mark that is
-    /// not free or pending reuse (meta and freelist pages included).
+    /// Current counters. `in_use_bytes` counts every data page below the high-water mark that
+    /// is not free or pending reuse (the freelist's own pages included, the two meta pages
+    /// not), which is what [`Backend::check`] reports as reachable.
     pub fn stats(&self) -> Stats {
         let st = self.state.borrow();
         let free = st.freelist.free_pages() + st.freelist.pending_pages();
         Stats {
             file_size: st.file_len,
-            in_use_bytes: (st.published.high_water - free) * PAGE_SIZE as u64,
+            in_use_bytes: (st.published.high_water - FIRST_DATA_PAGE - free) * PAGE_SIZE as u64,
             published_txid: st.published.txid,
             synced_txid: self.shared.synced.load(SeqCst),
             free_pages: free,
