@@ -107,7 +107,7 @@ pub struct Config {
     pub rounds: usize,
     /// Engines, in report order.
     pub engines: Vec<EngineKind>,
-    /// Print JSON on stdout instead of the table.
+    /// Print JSON on stdout and the table on stderr.
     pub json: bool,
 }
 
@@ -159,7 +159,7 @@ fn usage() -> String {
          --rounds N           rounds; the report shows medians [{}]\n\
          --engines A,B,..     engines to run [corekv,lmdb,redb]\n\
          --seed N             seed of keys, values and random choices [{}]\n\
-         --json               print JSON on stdout instead of the table\n",
+         --json               print JSON on stdout (the table goes to stderr)\n",
         d.dir.display(),
         d.keys,
         d.shape.key_size,
@@ -291,6 +291,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
     };
     let runs = run_all(&cfg)?;
     if cfg.json {
+        // The table still goes to stderr, so one run gives both.
+        eprintln!("{}", report::table(&cfg, &runs));
         println!("{}", report::json(&cfg, &runs));
     } else {
         println!("{}", report::table(&cfg, &runs));
