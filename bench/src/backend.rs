@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use engines::{Corekv, Engine, Lmdb, Redb, WriteTimes, LMDB_MAX_KEY_SIZE};
+use engines::{Corekv, Engine, Lmdb, Redb, WriteTimes, DEFAULT_MAP_SIZE, LMDB_MAX_KEY_SIZE};
 use workload::{Batch, DataShape, SplitMix64, MIN_KEY_SIZE, VALUE_TAG_SIZE};
 
 /// Upper limit of `--keys` (and of all keys written in one run): keeps a typo from filling
@@ -36,6 +36,10 @@ pub const MAX_VALUE_SIZE: usize = 1 << 20;
 pub const MAX_OPS: u64 = 1_000_000_000;
 /// Upper limit of `--scan-len`.
 pub const MAX_SCAN_LEN: usize = 1_000_000;
+/// Lower limit of `--map-size` (bytes).
+pub const MIN_MAP_SIZE: u64 = 1 << 20;
+/// Upper limit of `--map-size` (bytes): 1 TiB of address space.
+pub const MAX_MAP_SIZE: u64 = 1 << 40;
 /// Upper limit of `--rounds`.
 pub const MAX_ROUNDS: usize = 100;
 /// Upper limit of `--min-commits`.
@@ -107,6 +111,8 @@ pub struct Config {
     pub rounds: usize,
     /// Engines, in report order.
     pub engines: Vec<EngineKind>,
+    /// Address space corekv and LMDB reserve for their maps.
+    pub map_size: u64,
     /// Print JSON on stdout and the table on stderr.
     pub json: bool,
 }
@@ -131,6 +137,7 @@ impl Default for Config {
             scan_len: 1_000,
             rounds: 3,
             engines: EngineKind::ALL.to_vec(),
+            map_size: DEFAULT_MAP_SIZE,
             json: false,
         }
     }
@@ -159,6 +166,7 @@ fn usage() -> String {
          --rounds N           rounds; the report shows medians [{}]\n\
          --engines A,B,..     engines to run [corekv,lmdb,redb]\n\
          --seed N             seed of keys, values and random choices [{}]\n\
+         --map-size BYTES     address space corekv and LMDB reserve for their maps [{}]\n\
          --json               print JSON on stdout (the table goes to stderr)\n",
         d.dir.display(),
         d.keys,
@@ -173,6 +181,7 @@ fn usage() -> String {
         d.scan_len,
         d.rounds,
         d.shape.seed,
+        d.map_size,
     )
 }
 
@@ -249,6 +258,9 @@ fn parse_args(args: &[String]) -> Result<Option<Config>, String> {
             "--scan-len" => cfg.scan_len = parse_usize(flag, &value()?, 1, MAX_SCAN_LEN)?,
             "--rounds" => cfg.rounds = parse_usize(flag, &value()?, 1, MAX_ROUNDS)?,
             "--seed" => cfg.shape.seed = parse_count(flag, &value()?, 0, u64::MAX)?,
+            "--map-size" => {
+                cfg.map_size = parse_count(flag, &value()?, MIN_MAP_SIZE, MAX_MAP_SIZE)?
+            }
             "--engines" => {
                 let mut engines = Vec::new();
                 for name in value()?.split(',') {
@@ -492,7 +504,7 @@ async fn run_engine<E: Engine>(
     round: usize,
 ) -> Result<EngineRun, String> {
     let kind = EngineKind::parse(E::NAME)?;
-    let mut engine = E::open(dir).await?;
+    let mut engine = E::open(dir, cfg.map_size).await?;
     let mut phases = Vec::new();
     let mut next = 0u64; // index of the next key to write
 
@@ -781,7 +793,7 @@ mod tests {
             value_size: 24,
             seed: 3,
         };
-        let mut engine = E::open(dir).await.unwrap();
+        let mut engine = E::open(dir, 1 << 30).await.unwrap();
         engine
             .write(&Batch::generate(&shape, 0, 200))
             .await

@@ -13,9 +13,9 @@ use super::workload::Batch;
 /// Name of the corekv tree / LMDB database / redb table every engine stores the data in.
 pub const TABLE: &str = "bench";
 
-/// Largest LMDB / heed map (virtual address space, not disk): the file only grows as pages
-/// are used, so this only has to exceed the largest data set we run.
-pub const LMDB_MAP_SIZE: usize = 64 << 30;
+/// Default address space reserved by corekv and LMDB for their maps (not disk: the files
+/// only grow as pages are used), so it only has to exceed the largest data set we run.
+pub const DEFAULT_MAP_SIZE: u64 = 64 << 30;
 
 /// Largest key LMDB accepts with its default build (`MDB_MAXKEYSIZE`); the CLI rejects larger
 /// keys so that all three engines run the same data.
@@ -49,8 +49,9 @@ pub trait Engine: Sized {
     /// A read-only view of the data inside one read transaction.
     type View<'a>;
 
-    /// Creates an empty database inside the (empty, existing) directory `dir`.
-    async fn open(dir: &Path) -> Result<Self, String>;
+    /// Creates an empty database inside the (empty, existing) directory `dir`, reserving
+    /// `map_size` bytes of address space where the engine maps its file (corekv, LMDB).
+    async fn open(dir: &Path, map_size: u64) -> Result<Self, String>;
 
     /// Writes `batch` in one transaction and returns once it is durable, with where the time
     /// went.
@@ -103,9 +104,13 @@ impl Engine for Corekv {
     const NAME: &'static str = "corekv";
     type View<'a> = ck::Tree<'a>;
 
-    async fn open(dir: &Path) -> Result<Self, String> {
+    async fn open(dir: &Path, map_size: u64) -> Result<Self, String> {
         let path = dir.join(COREKV_FILE);
-        let backend = ck::Backend::open(&path, ck::Options::default())
+        let options = ck::Options {
+            max_map_size: map_size,
+            ..ck::Options::default()
+        };
+        let backend = ck::Backend::open(&path, options)
             .await
             .map_err(|e| format!("corekv: open {}: {e}", path.display()))?;
         let reader = backend.reader();
@@ -215,9 +220,11 @@ impl Engine for Lmdb {
     const NAME: &'static str = "lmdb";
     type View<'a> = LmdbView<'a>;
 
-    async fn open(dir: &Path) -> Result<Self, String> {
+    async fn open(dir: &Path, map_size: u64) -> Result<Self, String> {
+        let map_size = usize::try_from(map_size)
+            .map_err(|_| format!("lmdb: map size {map_size} does not fit this platform"))?;
         let mut options = heed::EnvOpenOptions::new();
-        options.map_size(LMDB_MAP_SIZE).max_dbs(1);
+        options.map_size(map_size).max_dbs(1);
         // SAFETY: the directory is fresh and private to this run, so no other process or
         // environment in this process maps the same file (heed's safety requirement).
         let env = unsafe { options.open(dir) }
@@ -342,7 +349,8 @@ impl Engine for Redb {
     const NAME: &'static str = "redb";
     type View<'a> = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
 
-    async fn open(dir: &Path) -> Result<Self, String> {
+    async fn open(dir: &Path, _map_size: u64) -> Result<Self, String> {
+        // redb reads through its own page cache, not a map.
         let path = dir.join(REDB_FILE);
         let db = redb::Database::create(&path)
             .map_err(|e| format!("redb: create {}: {e}", path.display()))?;

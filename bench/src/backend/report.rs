@@ -117,10 +117,20 @@ fn per_commit(rounds: &[&PhaseResult], total: impl Fn(&PhaseResult) -> f64) -> O
 
 /// corekv's median ops/s divided by `s`'s (above 1: corekv is faster), if corekv ran.
 fn corekv_ratio(all: &[Summary], s: &Summary) -> Option<f64> {
-    let ck = all
-        .iter()
-        .find(|c| c.phase == s.phase && c.engine == EngineKind::Corekv)?;
+    let ck = corekv_of(all, s)?;
     Some(ck.ops_per_sec / s.ops_per_sec)
+}
+
+/// `s`'s median p50 latency divided by corekv's (above 1: corekv is faster), if corekv ran.
+/// Medians resist the preemption spikes of a shared machine better than means (ops/s).
+fn corekv_p50_ratio(all: &[Summary], s: &Summary) -> Option<f64> {
+    let ck = corekv_of(all, s)?;
+    Some(s.p50_ns / ck.p50_ns)
+}
+
+fn corekv_of<'a>(all: &'a [Summary], s: &Summary) -> Option<&'a Summary> {
+    all.iter()
+        .find(|c| c.phase == s.phase && c.engine == EngineKind::Corekv)
 }
 
 fn median_disk(runs: &[EngineRun], engine: EngineKind) -> Option<u64> {
@@ -144,30 +154,32 @@ pub fn table(cfg: &Config, runs: &[EngineRun]) -> String {
     let _ = writeln!(
         t,
         "put/load: ops = puts, latency = one durable commit; get: latency = one read (1 in {}); \
-         scan: ops = scans, latency = one scan txn",
+         scan: ops = scans, latency = one scan txn\n\
+         x ops/s = corekv ops/s / this ops/s; x p50 = this p50 / corekv p50 (above 1: corekv faster)",
         super::READ_SAMPLE_EVERY
     );
     let _ = writeln!(
         t,
-        "{:<16} {:<7} {:>10} {:>10} {:>10} {:>11}",
-        "phase", "engine", "ops/s", "p50", "p99", "corekv/this"
+        "{:<16} {:<7} {:>10} {:>10} {:>10} {:>8} {:>8}",
+        "phase", "engine", "ops/s", "p50", "p99", "x ops/s", "x p50"
     );
     let mut last_phase = "";
     for s in &all {
         let label = if s.phase == last_phase { "" } else { &s.phase };
-        let ratio = match (s.engine, corekv_ratio(&all, s)) {
+        let ratio = |r: Option<f64>| match (s.engine, r) {
             (EngineKind::Corekv, _) | (_, None) => String::new(),
-            (_, Some(r)) => format!("{r:.2}x"),
+            (_, Some(r)) => format!("{r:.2}"),
         };
         let _ = writeln!(
             t,
-            "{:<16} {:<7} {:>10} {:>10} {:>10} {:>11}",
+            "{:<16} {:<7} {:>10} {:>10} {:>10} {:>8} {:>8}",
             label,
             s.engine.name(),
             fmt_rate(s.ops_per_sec),
             fmt_ns(s.p50_ns as u64),
             fmt_ns(s.p99_ns as u64),
-            ratio
+            ratio(corekv_ratio(&all, s)),
+            ratio(corekv_p50_ratio(&all, s)),
         );
         last_phase = &s.phase;
     }
@@ -248,7 +260,7 @@ pub fn json(cfg: &Config, runs: &[EngineRun]) -> String {
         "\"config\":{{\"dir\":{},\"keys\":{},\"key_size\":{},\"value_size\":{},\"seed\":{},\
          \"batches\":[{}],\"puts\":{},\"min_commits\":{},\"load_batch\":{},\"reads\":{},\
          \"reads_per_txn\":{},\"scans\":{},\"scan_len\":{},\"rounds\":{},\"engines\":[{}],\
-         \"read_sample_every\":{}}}",
+         \"read_sample_every\":{},\"map_size\":{}}}",
         json_str(&cfg.dir.display().to_string()),
         cfg.keys,
         cfg.shape.key_size,
@@ -265,13 +277,15 @@ pub fn json(cfg: &Config, runs: &[EngineRun]) -> String {
         cfg.rounds,
         engines.join(","),
         super::READ_SAMPLE_EVERY,
+        cfg.map_size,
     );
     let summary: Vec<String> = all
         .iter()
         .map(|s| {
             format!(
                 "{{\"phase\":{},\"engine\":{},\"ops_per_sec\":{},\"p50_ns\":{},\"p99_ns\":{},\
-                 \"entries_per_sec\":{},\"corekv_over_this\":{},\"apply_ns_per_commit\":{},\
+                 \"entries_per_sec\":{},\"corekv_over_this\":{},\"p50_this_over_corekv\":{},\
+                 \"apply_ns_per_commit\":{},\
                  \"publish_ns_per_commit\":{},\"sync_ns_per_commit\":{}}}",
                 json_str(&s.phase),
                 json_str(s.engine.name()),
@@ -280,6 +294,7 @@ pub fn json(cfg: &Config, runs: &[EngineRun]) -> String {
                 json_num(s.p99_ns),
                 json_num(s.entries_per_sec),
                 corekv_ratio(&all, s).map_or("null".into(), json_num),
+                corekv_p50_ratio(&all, s).map_or("null".into(), json_num),
                 s.apply_ns.map_or("null".into(), json_num),
                 s.publish_ns.map_or("null".into(), json_num),
                 s.sync_ns.map_or("null".into(), json_num),
