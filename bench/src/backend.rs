@@ -259,7 +259,13 @@ fn parse_args(args: &[String]) -> Result<Option<Config>, String> {
             "--rounds" => cfg.rounds = parse_usize(flag, &value()?, 1, MAX_ROUNDS)?,
             "--seed" => cfg.shape.seed = parse_count(flag, &value()?, 0, u64::MAX)?,
             "--map-size" => {
-                cfg.map_size = parse_count(flag, &value()?, MIN_MAP_SIZE, MAX_MAP_SIZE)?
+                cfg.map_size = parse_count(flag, &value()?, MIN_MAP_SIZE, MAX_MAP_SIZE)?;
+                if !cfg.map_size.is_multiple_of(4096) {
+                    return Err(format!(
+                        "--map-size: {} is not a multiple of the 4096-byte page (LMDB needs it)",
+                        cfg.map_size
+                    ));
+                }
             }
             "--engines" => {
                 let mut engines = Vec::new();
@@ -896,6 +902,7 @@ mod tests {
             "--engines lmdb,lmdb",
             "--engines rocksdb",
             "--batches 1,,2",
+            "--map-size 4000M",
             "--frobnicate 1",
         ] {
             assert!(parse_args(&args(bad)).is_err(), "{bad} accepted");
