@@ -946,21 +946,29 @@ impl<'b> WriteTxn<'b> {
         })
     }
 
-    /// Makes this transaction visible to new readers (no fsync). Returns its txid. A
-    /// transaction that changed nothing publishes nothing and returns the current txid.
+    /// Makes this transaction visible to new readers (no fsync). Returns its txid, which is
+    /// always above every earlier one (a transaction that changed nothing writes no page but
+    /// still gets a new txid).
     pub async fn publish(self) -> Result<u64> {
         let WriteTxn {
             backend,
             mut core,
             _busy,
         } = self;
-        if !core.is_dirty() {
-            core.check_poison()?;
-            return Ok(backend.state.borrow().published.txid);
-        }
-        let (pages, snap) = core.prepare_commit()?;
-        backend.ensure_len(snap.high_water)?;
-        backend.write_pages(pages).await?;
+        core.check_poison()?;
+        let snap = if core.is_dirty() {
+            let (pages, snap) = core.prepare_commit()?;
+            backend.ensure_len(snap.high_water)?;
+            backend.write_pages(pages).await?;
+            snap
+        } else {
+            // Nothing changed: a new txid over the same pages (nothing to write).
+            let base = backend.state.borrow().published;
+            Snap {
+                txid: core.txid,
+                ..base
+            }
+        };
         backend.shared.reg.publish(snap);
         let mut st = backend.state.borrow_mut();
         st.published = snap;

@@ -236,40 +236,45 @@ impl Meta {
 }
 
 /// Chooses the meta to open from the two meta pages and the file size: the valid meta with the
-/// highest txid whose high-water mark fits in the file. Returns (slot, meta), or an error that
-/// explains why each slot was rejected.
+/// highest txid. A torn (invalid) newer meta falls back to the older valid one. A *valid*
+/// newest meta whose high-water mark does not fit in the file is refused rather than
+/// skipped: every meta is written only after the file was grown and fdatasynced, so a short
+/// file means outside damage (truncation), and opening the older meta would silently drop
+/// transactions that were acknowledged as durable. Returns (slot, meta), or an error that
+/// explains what is wrong with each slot.
 pub(crate) fn choose_meta(
     path: &std::path::Path,
     m0: &[u8],
     m1: &[u8],
     file_len: u64,
 ) -> Result<(usize, Meta)> {
-    let mut why = [String::new(), String::new()];
-    let mut best: Option<(usize, Meta)> = None;
-    for (slot, raw) in [m0, m1].into_iter().enumerate() {
-        match Meta::decode(raw) {
-            Err(e) => why[slot] = e,
-            Ok(m) => {
-                let need = m.high_water.saturating_mul(PAGE_SIZE as u64);
-                if need > file_len {
-                    why[slot] = format!(
-                        "txid {} needs {} pages ({need} bytes) but the file has only {file_len} bytes (truncated?)",
-                        m.txid, m.high_water
-                    );
-                } else if best.is_none_or(|(_, b)| m.txid > b.txid) {
-                    best = Some((slot, m));
-                }
-            }
-        }
-    }
-    best.ok_or_else(|| {
-        Error::Corrupt(format!(
+    let decoded = [Meta::decode(m0), Meta::decode(m1)];
+    let best = (0..2)
+        .filter_map(|slot| decoded[slot].as_ref().ok().map(|m| (slot, *m)))
+        .max_by_key(|(_, m)| m.txid);
+    let describe = |slot: usize| match &decoded[slot] {
+        Ok(m) => format!("valid, txid {}, {} pages", m.txid, m.high_water),
+        Err(e) => e.clone(),
+    };
+    let Some((slot, m)) = best else {
+        return Err(Error::Corrupt(format!(
             "{}: no usable meta page: meta 0: {}; meta 1: {}",
             path.display(),
-            why[0],
-            why[1]
-        ))
-    })
+            describe(0),
+            describe(1)
+        )));
+    };
+    let need = m.high_water.saturating_mul(PAGE_SIZE as u64);
+    if need > file_len {
+        return Err(Error::Corrupt(format!(
+            "{}: truncated: meta {slot} (txid {}) needs {} pages ({need} bytes) but the file has              only {file_len} bytes; not falling back to the other meta ({}) because that would              silently drop synced transactions",
+            path.display(),
+            m.txid,
+            m.high_water,
+            describe(1 - slot)
+        )));
+    }
+    Ok((slot, m))
 }
 
 #[cfg(test)]
@@ -327,16 +332,20 @@ mod tests {
     }
 
     #[test]
-    fn choose_skips_meta_whose_high_water_exceeds_file() {
+    fn truncated_file_is_refused_not_rolled_back() {
         let p = Path::new("x");
         let old = meta(4, 3).encode();
         let new = meta(5, 100).encode();
-        let (slot, m) = choose_meta(p, &old, &new, 3 * PAGE_SIZE as u64).unwrap();
-        assert_eq!((slot, m.txid), (0, 4));
-        let err = choose_meta(p, &new, &new, 3 * PAGE_SIZE as u64)
+        let err = choose_meta(p, &old, &new, 3 * PAGE_SIZE as u64)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("truncated"), "{err}");
+        assert!(err.contains("truncated") && err.contains("txid 4"), "{err}");
+        // A torn newer meta still falls back, also when only the older one fits.
+        let mut torn = new.clone();
+        torn[30] ^= 1;
+        let (slot, m) = choose_meta(p, &old, &torn, 3 * PAGE_SIZE as u64).unwrap();
+        assert_eq!((slot, m.txid), (0, 4));
+        assert!(choose_meta(p, &old, &new, 100 * PAGE_SIZE as u64).is_ok());
     }
 
     #[test]

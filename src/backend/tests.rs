@@ -592,11 +592,13 @@ fn truncated_file_is_refused_at_open() {
         .set_len(10 * PAGE_SIZE as u64)
         .unwrap();
     run(move || async move {
-        // The old meta (empty database, high water 2) still fits, so it is chosen over the
-        // truncated newer one; its view is consistent.
-        let b = Backend::open(&path, opts()).await.unwrap();
-        assert!(b.begin_read().unwrap().tree(b"kv").unwrap().is_none());
-        drop(b);
+        // The newest meta is valid but its pages are gone: refused (falling back to the older
+        // meta, an empty database, would silently lose synced data).
+        let e = Backend::open(&path, opts())
+            .await
+            .err()
+            .expect("must refuse");
+        assert!(e.to_string().contains("truncated"), "{e}");
         std::fs::OpenOptions::new()
             .write(true)
             .open(&path)

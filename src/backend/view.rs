@@ -95,6 +95,7 @@ impl<'a> View<'a> {
 
     /// The page `pg`, which must be of `kind`; verified on first visit. For overflow and
     /// freelist kinds this is the whole run.
+    #[inline]
     pub(crate) fn page(&self, pg: u64, kind: u8) -> Result<&'a [u8]> {
         if pg < FIRST_DATA_PAGE || pg >= self.hw {
             return corrupt(format!(
@@ -133,6 +134,7 @@ impl<'a> View<'a> {
     }
 
     /// The payload of the overflow run at `pg`, which must hold exactly `len` bytes.
+    #[inline]
     pub(crate) fn overflow(&self, pg: u64, len: usize) -> Result<&'a [u8]> {
         let run = self.page(pg, KIND_OVERFLOW)?;
         let h = header(run);
@@ -167,6 +169,7 @@ pub(crate) fn page_id(p: &[u8]) -> u64 {
     rd_u64(p, 8)
 }
 
+#[inline]
 fn cell_off(p: &[u8], i: usize, hdr: usize) -> Result<usize> {
     debug_assert!(i < count(p));
     let off = rd_u16(p, HDR + 2 * i) as usize;
@@ -179,6 +182,7 @@ fn cell_off(p: &[u8], i: usize, hdr: usize) -> Result<usize> {
     Ok(off)
 }
 
+#[inline]
 fn loc_at<'a>(
     p: &'a [u8],
     i: usize,
@@ -207,6 +211,7 @@ fn loc_at<'a>(
 }
 
 /// Key and value locations of leaf cell `i`.
+#[inline]
 pub(crate) fn leaf_cell(p: &[u8], i: usize) -> Result<(Loc<'_>, Loc<'_>)> {
     let off = cell_off(p, i, LEAF_CELL_HDR)?;
     let flags = p[off];
@@ -227,6 +232,7 @@ pub(crate) fn leaf_cell(p: &[u8], i: usize) -> Result<(Loc<'_>, Loc<'_>)> {
 }
 
 /// Child page id and separator key location of branch cell `i` (cell 0 has an empty key).
+#[inline]
 pub(crate) fn branch_cell(p: &[u8], i: usize) -> Result<(u64, Loc<'_>)> {
     let off = cell_off(p, i, BRANCH_CELL_HDR)?;
     let child = rd_u64(p, off);
@@ -244,6 +250,7 @@ pub(crate) fn branch_cell(p: &[u8], i: usize) -> Result<(u64, Loc<'_>)> {
 }
 
 /// Reads a page that is a branch or a leaf: returns (page, is_leaf).
+#[inline]
 pub(crate) fn node_page<'a>(v: &View<'a>, pg: u64) -> Result<(&'a [u8], bool)> {
     if pg < FIRST_DATA_PAGE || pg >= v.hw {
         return corrupt(format!("page id {pg} outside [2, {})", v.hw));
@@ -262,6 +269,7 @@ pub(crate) fn node_page<'a>(v: &View<'a>, pg: u64) -> Result<(&'a [u8], bool)> {
 }
 
 /// In a branch page: index of the child whose subtree may hold `key`.
+#[inline]
 pub(crate) fn branch_search(v: &View<'_>, p: &[u8], key: &[u8], order: KeyOrder) -> Result<usize> {
     let n = count(p);
     let (mut lo, mut hi) = (1, n);
@@ -278,6 +286,7 @@ pub(crate) fn branch_search(v: &View<'_>, p: &[u8], key: &[u8], order: KeyOrder)
 }
 
 /// In a leaf page: the first index whose key is `>= key`, and whether it is equal.
+#[inline]
 pub(crate) fn leaf_search(
     v: &View<'_>,
     p: &[u8],
