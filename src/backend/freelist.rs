@@ -9,9 +9,13 @@
 use std::collections::BTreeMap;
 
 /// Extents `(start page, page count)`, kept sorted and coalesced.
+///
+/// The reusable set is a sorted `Vec` rather than a tree: the write transaction works on a
+/// copy (so an aborted transaction leaves the freelist untouched), and copying a `Vec` is one
+/// memcpy; every publish serialises the whole list anyway.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Freelist {
-    free: BTreeMap<u64, u64>,
+    free: Vec<(u64, u64)>,
     free_pages: u64,
     pending: BTreeMap<u64, Vec<(u64, u64)>>,
     pending_pages: u64,
@@ -41,24 +45,26 @@ impl Freelist {
     /// Adds `[start, start+len)` to the reusable set, merging with neighbours.
     pub(crate) fn insert_free(&mut self, start: u64, len: u64) {
         debug_assert!(len > 0);
-        let mut s = start;
-        let mut n = len;
-        if let Some((&ps, &pn)) = self.free.range(..=start).next_back() {
+        let i = self.free.partition_point(|&(s, _)| s < start);
+        let joins_prev = i > 0 && {
+            let (ps, pn) = self.free[i - 1];
             debug_assert!(ps + pn <= start, "page {start} freed twice");
-            if ps + pn == start {
-                self.free.remove(&ps);
-                s = ps;
-                n += pn;
+            ps + pn == start
+        };
+        let joins_next = i < self.free.len() && {
+            let (ns, _) = self.free[i];
+            debug_assert!(ns >= start + len, "page {} freed twice", start + len - 1);
+            ns == start + len
+        };
+        match (joins_prev, joins_next) {
+            (true, true) => {
+                let (_, nn) = self.free.remove(i);
+                self.free[i - 1].1 += len + nn;
             }
+            (true, false) => self.free[i - 1].1 += len,
+            (false, true) => self.free[i] = (start, len + self.free[i].1),
+            (false, false) => self.free.insert(i, (start, len)),
         }
-        if let Some((&ns, &nn)) = self.free.range(start + len..).next() {
-            debug_assert!(ns >= start + len);
-            if ns == start + len {
-                self.free.remove(&ns);
-                n += nn;
-            }
-        }
-        self.free.insert(s, n);
         self.free_pages += len;
     }
 
@@ -85,10 +91,12 @@ impl Freelist {
     /// Takes `n` contiguous reusable pages (first fit); `None` if no extent is long enough.
     pub(crate) fn alloc(&mut self, n: u64) -> Option<u64> {
         debug_assert!(n > 0);
-        let (&s, &len) = self.free.iter().find(|(_, &len)| len >= n)?;
-        self.free.remove(&s);
-        if len > n {
-            self.free.insert(s + n, len - n);
+        let i = self.free.iter().position(|&(_, len)| len >= n)?;
+        let (s, len) = self.free[i];
+        if len == n {
+            self.free.remove(i);
+        } else {
+            self.free[i] = (s + n, len - n);
         }
         self.free_pages -= n;
         Some(s)
@@ -97,25 +105,37 @@ impl Freelist {
     /// Whether page `pg` is in the reusable set.
     #[cfg(test)]
     pub(crate) fn is_free(&self, pg: u64) -> bool {
-        self.free
-            .range(..=pg)
-            .next_back()
-            .is_some_and(|(&s, &n)| pg < s + n)
+        let i = self.free.partition_point(|&(s, _)| s <= pg);
+        i > 0 && pg < self.free[i - 1].0 + self.free[i - 1].1
     }
 
     /// Every free or pending extent, sorted and coalesced: what a meta persists (after a crash
     /// or restart nothing is pinned and the meta is durable, so all of it is reusable).
     pub(crate) fn all_extents(&self) -> Vec<(u64, u64)> {
-        let mut all: Vec<(u64, u64)> = self.free.iter().map(|(&s, &n)| (s, n)).collect();
-        for v in self.pending.values() {
-            all.extend_from_slice(v);
-        }
-        all.sort_unstable();
-        let mut out: Vec<(u64, u64)> = Vec::with_capacity(all.len());
-        for (s, n) in all {
+        // `free` is already sorted; only the (usually few) pending extents need sorting.
+        let mut pend: Vec<(u64, u64)> = self.pending.values().flatten().copied().collect();
+        pend.sort_unstable();
+        let mut out: Vec<(u64, u64)> = Vec::with_capacity(self.free.len() + pend.len());
+        let mut free = self.free.iter().copied().peekable();
+        let mut pend = pend.into_iter().peekable();
+        loop {
+            let next = match (free.peek(), pend.peek()) {
+                (Some(a), Some(b)) if a.0 <= b.0 => free.next(),
+                (Some(_), Some(_)) => pend.next(),
+                (Some(_), None) => free.next(),
+                (None, Some(_)) => pend.next(),
+                (None, None) => break,
+            };
+            let (s, n) = next.expect("peeked");
             match out.last_mut() {
                 Some((ls, ln)) if *ls + *ln == s => *ln += n,
-                _ => out.push((s, n)),
+                _ => {
+                    debug_assert!(
+                        out.last().is_none_or(|(ls, ln)| ls + ln <= s),
+                        "overlapping free extents"
+                    );
+                    out.push((s, n))
+                }
             }
         }
         out

@@ -15,12 +15,15 @@
 use std::cell::{Cell, RefCell};
 use std::cmp::Ordering;
 use std::fmt;
+use std::future::Future;
 use std::ops::{Bound, RangeBounds};
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
+use std::task::Poll;
 
 mod check;
 mod freelist;
@@ -200,6 +203,9 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// Most bytes handed to one `write_at` when publishing (contiguous dirty pages are coalesced
 /// up to this size).
 pub const MAX_WRITE_BYTES: usize = 1 << 20;
+
+/// Most page writes one publish keeps in flight at once.
+pub const MAX_INFLIGHT_WRITES: usize = 32;
 
 /// During [`Backend::compact_into`], the copy is published and synced whenever its write
 /// transaction holds this many dirty pages, bounding memory.
@@ -701,8 +707,10 @@ impl Backend {
         Ok(())
     }
 
-    /// Writes sealed pages (sorted by id), coalescing contiguous ones.
+    /// Writes sealed pages (sorted by id): contiguous ones coalesced into one `write_at` (at
+    /// most [`MAX_WRITE_BYTES`]), up to [`MAX_INFLIGHT_WRITES`] writes in flight at once.
     async fn write_pages(&self, pages: Vec<(u64, Vec<u8>)>) -> Result<()> {
+        let mut groups: Vec<(u64, Vec<u8>)> = Vec::new();
         let mut it = pages.into_iter().peekable();
         while let Some((start, mut buf)) = it.next() {
             let mut end = start + (buf.len() / PAGE_SIZE) as u64;
@@ -714,10 +722,50 @@ impl Backend {
                 end += (b.len() / PAGE_SIZE) as u64;
                 buf.extend_from_slice(&b);
             }
-            write_all(&self.file, buf, start * PAGE_SIZE as u64, &self.shared.path).await?;
+            groups.push((start * PAGE_SIZE as u64, buf));
         }
-        Ok(())
+        let mut groups = groups.into_iter();
+        loop {
+            let batch: Vec<_> = groups
+                .by_ref()
+                .take(MAX_INFLIGHT_WRITES)
+                .map(|(pos, buf)| write_all(&self.file, buf, pos, &self.shared.path))
+                .collect();
+            if batch.is_empty() {
+                return Ok(());
+            }
+            join_all(batch).await?;
+        }
     }
+}
+
+/// Runs all futures concurrently to completion; the first error, if any.
+async fn join_all<F: Future<Output = Result<()>>>(futs: Vec<F>) -> Result<()> {
+    let mut futs: Vec<Option<Pin<Box<F>>>> = futs.into_iter().map(|f| Some(Box::pin(f))).collect();
+    let mut first_err = None;
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for slot in futs.iter_mut() {
+            if let Some(f) = slot {
+                match f.as_mut().poll(cx) {
+                    Poll::Ready(r) => {
+                        *slot = None;
+                        if let Err(e) = r {
+                            first_err.get_or_insert(e);
+                        }
+                    }
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    first_err.map_or(Ok(()), Err)
 }
 
 impl Reader {

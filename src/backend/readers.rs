@@ -37,12 +37,15 @@ pub(crate) struct Registry {
     fields: [AtomicU64; 5],
     published: AtomicU64,
     slots: Box<[Slot]>,
+    /// One past the highest slot ever claimed: the writer scans only below it.
+    used: AtomicUsize,
 }
 
 static NEXT_HINT: AtomicUsize = AtomicUsize::new(0);
 thread_local! {
-    // Each thread starts its slot search at a different place, so threads rarely contend.
-    static HINT: Cell<usize> = Cell::new(NEXT_HINT.fetch_add(7, Relaxed) % MAX_READERS);
+    // Each thread starts its slot search at its own place (dense from 0, so the writer's
+    // scan stays short), so threads rarely contend for a slot.
+    static HINT: Cell<usize> = Cell::new(NEXT_HINT.fetch_add(1, Relaxed) % MAX_READERS);
 }
 
 impl Registry {
@@ -52,6 +55,7 @@ impl Registry {
             fields: Default::default(),
             published: AtomicU64::new(0),
             slots: (0..MAX_READERS).map(|_| Slot(AtomicU64::new(0))).collect(),
+            used: AtomicUsize::new(0),
         };
         r.publish(s);
         r
@@ -124,6 +128,9 @@ impl Registry {
             });
         };
         HINT.with(|h| h.set(i));
+        // Raised before the recheck below: a writer whose publish comes after the recheck in
+        // the SeqCst order reads `used` (and then the slot) after this.
+        self.used.fetch_max(i + 1, SeqCst);
         while self.published.load(SeqCst) != s.txid {
             s = self.load();
             self.slots[i].0.store(s.txid, SeqCst);
@@ -139,7 +146,8 @@ impl Registry {
 
     /// The oldest pinned snapshot txid, or `u64::MAX` if no reader is open.
     pub(crate) fn oldest_pinned(&self) -> u64 {
-        self.slots
+        let used = self.used.load(SeqCst);
+        self.slots[..used]
             .iter()
             .map(|s| s.0.load(SeqCst))
             .filter(|&t| t != 0)

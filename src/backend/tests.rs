@@ -53,6 +53,15 @@ impl Rng {
 }
 
 #[test]
+fn handles_are_thread_safe_as_documented() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<Reader>();
+    send::<ReadTxn>();
+    send_sync::<ReadTxn>();
+}
+
+#[test]
 fn prefix_then_u64_orders_by_prefix_then_number() {
     let o = KeyOrder::PrefixThenU64;
     let k = |p: &[u8], n: u64| [p, &n.to_be_bytes()[..]].concat();

@@ -433,7 +433,14 @@ impl TxnCore {
                     }
                     Err(i) => {
                         let k = self.make_key(key)?;
-                        self.leaf_mut(id)?.insert(i, (k, val));
+                        let e = self.leaf_mut(id)?;
+                        e.insert(i, (k, val));
+                        debug_assert!(
+                            (i == 0 || order.compare(&e[i - 1].0.bytes, key) == Ordering::Less)
+                                && (i + 1 >= e.len()
+                                    || order.compare(key, &e[i + 1].0.bytes) == Ordering::Less),
+                            "leaf keys must stay strictly increasing"
+                        );
                         (None, i == n)
                     }
                 };
