@@ -231,14 +231,16 @@ impl Engine for Lmdb {
             .map_err(|e| format!("lmdb: open {}: {e}", dir.display()))?;
         let wtxn = env.write_txn().map_err(err("lmdb: write_txn"))?;
         // heed 0.23 hands out a `'static` database handle only once its creation committed.
-        let db = env
+        let created = env
             .create_databases_and_commit(wtxn, |opener, wtxn| {
                 opener
                     .create_database::<Bytes, Bytes>(wtxn, Some(TABLE))
                     .map(heed::CommitOrAbort::<_, ()>::Commit)
             })
-            .map_err(err("lmdb: create database"))?
-            .unwrap_commit();
+            .map_err(err("lmdb: create database"))?;
+        let heed::CommitOrAbort::Commit(db) = created else {
+            return Err("lmdb: creating the database was aborted".into());
+        };
         Ok(Lmdb { env, db })
     }
 
