@@ -128,7 +128,7 @@ impl Default for Config {
                 seed: 0x5eed_c0de,
             },
             batches: vec![1, 100, 10_000],
-            puts: 5_000,
+            puts: 1_000,
             min_commits: 10,
             load_batch: 10_000,
             reads: 200_000,
@@ -908,6 +908,6 @@ mod tests {
             assert!(parse_args(&args(bad)).is_err(), "{bad} accepted");
         }
         assert_eq!(write_plan(&Config::default(), 10_000), (10, 100_000));
-        assert_eq!(write_plan(&Config::default(), 1), (5_000, 5_000));
+        assert_eq!(write_plan(&Config::default(), 1), (1_000, 1_000));
     }
 }
