@@ -10,6 +10,7 @@
 
 use std::cmp::Ordering;
 
+use super::freelist::load_chain;
 use super::page::*;
 use super::readers::Snap;
 use super::view::{self, Bitmap, Loc, View};
@@ -255,35 +256,28 @@ pub(crate) fn check_snapshot(map: &[u8], s: &Snap, mut problems: Vec<String>) ->
             }
         }
     }
-    // The persisted freelist: its own run is reachable, its extents are free.
-    if s.freelist != 0 {
-        match c.v.page(s.freelist, KIND_FREELIST) {
+    // The persisted freelist: its segments are reachable, the set they replay to is free.
+    let mut seg = (s.freelist, s.freelist_pages);
+    let mut nseg = 0u64;
+    while seg.0 != 0 && nseg <= s.high_water {
+        nseg += 1;
+        match c.v.page(seg.0, KIND_FREELIST) {
             Err(e) => {
                 c.problem(format!("freelist: {e}"));
-                c.mark(s.freelist, s.freelist_pages, REACHABLE, "freelist run");
+                c.mark(seg.0, seg.1.max(1), REACHABLE, "freelist segment");
+                break;
             }
             Ok(run) => {
-                let h = header(run);
-                if h.run as u64 != s.freelist_pages {
-                    c.problem(format!(
-                        "freelist page {}: run of {} pages, meta says {}",
-                        s.freelist, h.run, s.freelist_pages
-                    ));
-                }
-                c.mark(s.freelist, h.run as u64, REACHABLE, "freelist run");
-                let n = h.payload as usize;
-                if HDR + 16 * n > run.len() {
-                    c.problem(format!(
-                        "freelist page {}: {n} extents do not fit its run",
-                        s.freelist
-                    ));
-                } else {
-                    for j in 0..n {
-                        let start = rd_u64(run, HDR + 16 * j);
-                        let len = rd_u64(run, HDR + 16 * j + 8);
-                        c.mark(start, len, FREE, &format!("freelist extent {j}"));
-                    }
-                }
+                c.mark(seg.0, header(run).run as u64, REACHABLE, "freelist segment");
+                seg = (rd_u64(run, HDR), rd_u64(run, HDR + 8));
+            }
+        }
+    }
+    match load_chain(&c.v, s.freelist, s.freelist_pages) {
+        Err(e) => c.problem(format!("freelist: {e}")),
+        Ok(chain) => {
+            for (j, (start, len)) in chain.set.extents().into_iter().enumerate() {
+                c.mark(start, len, FREE, &format!("freelist extent {j}"));
             }
         }
     }

@@ -8,6 +8,84 @@
 
 use std::collections::BTreeMap;
 
+use super::page::{header, rd_u64, FIRST_DATA_PAGE, HDR, KIND_FREELIST};
+use super::view::View;
+use super::{Error, Result};
+
+/// Bytes before the records of a freelist segment: the next (older) segment's head page and
+/// its length in pages.
+pub(crate) const SEG_HDR: usize = 16;
+/// Bit 63 of a record's length: the extent leaves the set (else it joins it).
+pub(crate) const REMOVE_FLAG: u64 = 1 << 63;
+/// Most segments in the persisted freelist chain before it is rewritten as one.
+pub const MAX_FREELIST_SEGMENTS: usize = 256;
+
+/// The persisted freelist of a snapshot: the replayed set, its segments (oldest first) and
+/// their total record count.
+pub(crate) struct Chain {
+    pub set: Freelist,
+    pub segments: Vec<(u64, u64)>,
+    pub records: u64,
+}
+
+/// Reads and replays the freelist chain starting at `head` (`pages` long). Every record is
+/// checked against the snapshot's high water; an add of a page already in the set or a remove
+/// of one not in it is damage.
+pub(crate) fn load_chain(v: &View<'_>, head: u64, pages: u64) -> Result<Chain> {
+    let bad = |m: String| Error::Corrupt(m);
+    let mut segs: Vec<(u64, u64, &[u8])> = Vec::new();
+    let (mut pg, mut n) = (head, pages);
+    while pg != 0 {
+        if segs.len() as u64 > v.hw {
+            return Err(bad(format!("freelist chain at page {head} loops")));
+        }
+        let run = v.page(pg, KIND_FREELIST)?;
+        let h = header(run);
+        let count = h.payload as usize;
+        if h.run as u64 != n || HDR + SEG_HDR + 16 * count > run.len() {
+            return Err(bad(format!(
+                "freelist page {pg}: {count} records in a run of {} pages (referenced as {n})",
+                h.run
+            )));
+        }
+        segs.push((pg, n, run));
+        (pg, n) = (rd_u64(run, HDR), rd_u64(run, HDR + 8));
+    }
+    let mut set = Freelist::default();
+    let mut records = 0;
+    for &(pg, _, run) in segs.iter().rev() {
+        let count = header(run).payload as usize;
+        for j in 0..count {
+            let at = HDR + SEG_HDR + 16 * j;
+            let start = rd_u64(run, at);
+            let raw = rd_u64(run, at + 8);
+            let len = raw & !REMOVE_FLAG;
+            if len == 0 || start < FIRST_DATA_PAGE || start.saturating_add(len) > v.hw {
+                return Err(bad(format!(
+                    "freelist page {pg}: record {j} ({start}+{len}) outside [2, {})",
+                    v.hw
+                )));
+            }
+            let ok = if raw & REMOVE_FLAG != 0 {
+                set.remove_range(start, len)
+            } else {
+                set.insert_free(start, len)
+            };
+            if !ok {
+                return Err(bad(format!(
+                    "freelist page {pg}: record {j} ({start}+{len}) contradicts the set"
+                )));
+            }
+            records += 1;
+        }
+    }
+    Ok(Chain {
+        set,
+        segments: segs.iter().rev().map(|&(p, n, _)| (p, n)).collect(),
+        records,
+    })
+}
+
 /// Extents `(start page, page count)`, kept sorted and coalesced.
 ///
 /// The reusable set is a sorted `Vec` rather than a tree: the write transaction works on a
@@ -22,16 +100,6 @@ pub(crate) struct Freelist {
 }
 
 impl Freelist {
-    /// A freelist whose every extent is immediately reusable (as after open: no readers, and
-    /// the meta that persisted it is durable).
-    pub(crate) fn from_extents(extents: impl IntoIterator<Item = (u64, u64)>) -> Freelist {
-        let mut f = Freelist::default();
-        for (s, n) in extents {
-            f.insert_free(s, n);
-        }
-        f
-    }
-
     /// Pages ready for reuse.
     pub(crate) fn free_pages(&self) -> u64 {
         self.free_pages
@@ -42,20 +110,20 @@ impl Freelist {
         self.pending_pages
     }
 
-    /// Adds `[start, start+len)` to the reusable set, merging with neighbours.
-    pub(crate) fn insert_free(&mut self, start: u64, len: u64) {
+    /// Adds `[start, start+len)` to the reusable set, merging with neighbours. Returns false
+    /// (and changes nothing) if part of it is already free, which only a damaged file that
+    /// references a page twice can cause.
+    pub(crate) fn insert_free(&mut self, start: u64, len: u64) -> bool {
         debug_assert!(len > 0);
+        if self.overlaps_free(start, len) {
+            return false;
+        }
         let i = self.free.partition_point(|&(s, _)| s < start);
         let joins_prev = i > 0 && {
             let (ps, pn) = self.free[i - 1];
-            debug_assert!(ps + pn <= start, "page {start} freed twice");
             ps + pn == start
         };
-        let joins_next = i < self.free.len() && {
-            let (ns, _) = self.free[i];
-            debug_assert!(ns >= start + len, "page {} freed twice", start + len - 1);
-            ns == start + len
-        };
+        let joins_next = i < self.free.len() && self.free[i].0 == start + len;
         match (joins_prev, joins_next) {
             (true, true) => {
                 let (_, nn) = self.free.remove(i);
@@ -66,6 +134,45 @@ impl Freelist {
             (false, false) => self.free.insert(i, (start, len)),
         }
         self.free_pages += len;
+        true
+    }
+
+    /// Takes `[start, start+len)` out of the reusable set; false (nothing changed) unless it
+    /// lies inside one free extent.
+    pub(crate) fn remove_range(&mut self, start: u64, len: u64) -> bool {
+        let i = self.free.partition_point(|&(s, _)| s <= start);
+        if i == 0 {
+            return false;
+        }
+        let (s, n) = self.free[i - 1];
+        if start.saturating_add(len) > s + n {
+            return false;
+        }
+        let (before, after) = (start - s, s + n - (start + len));
+        match (before > 0, after > 0) {
+            (false, false) => {
+                self.free.remove(i - 1);
+            }
+            (true, false) => self.free[i - 1].1 = before,
+            (false, true) => self.free[i - 1] = (start + len, after),
+            (true, true) => {
+                self.free[i - 1].1 = before;
+                self.free.insert(i, (start + len, after));
+            }
+        }
+        self.free_pages -= len;
+        true
+    }
+
+    /// Whether any page of `[start, start+len)` is in the reusable set.
+    pub(crate) fn overlaps_free(&self, start: u64, len: u64) -> bool {
+        let i = self
+            .free
+            .partition_point(|&(s, _)| s < start.saturating_add(len));
+        i > 0 && {
+            let (s, n) = self.free[i - 1];
+            s + n > start
+        }
     }
 
     /// Records that transaction `txid` stopped referencing `[start, start+len)`.
@@ -83,6 +190,7 @@ impl Freelist {
             }
             for (s, n) in entry.remove() {
                 self.pending_pages -= n;
+                // A page freed twice (damaged file) is already free: keep the set consistent.
                 self.insert_free(s, n);
             }
         }
@@ -111,7 +219,8 @@ impl Freelist {
 
     /// Every free or pending extent, sorted and coalesced: what a meta persists (after a crash
     /// or restart nothing is pinned and the meta is durable, so all of it is reusable).
-    pub(crate) fn all_extents(&self) -> Vec<(u64, u64)> {
+    /// Fails, naming a page, if two extents overlap (a page freed twice: damaged file).
+    pub(crate) fn all_extents(&self) -> std::result::Result<Vec<(u64, u64)>, String> {
         // `free` is already sorted; only the (usually few) pending extents need sorting.
         let mut pend: Vec<(u64, u64)> = self.pending.values().flatten().copied().collect();
         pend.sort_unstable();
@@ -129,16 +238,20 @@ impl Freelist {
             let (s, n) = next.expect("peeked");
             match out.last_mut() {
                 Some((ls, ln)) if *ls + *ln == s => *ln += n,
-                _ => {
-                    debug_assert!(
-                        out.last().is_none_or(|(ls, ln)| ls + ln <= s),
-                        "overlapping free extents"
-                    );
-                    out.push((s, n))
+                Some((ls, ln)) if *ls + *ln > s => {
+                    return Err(format!(
+                        "page {s} freed twice (it is referenced twice: damaged file, run check())"
+                    ))
                 }
+                _ => out.push((s, n)),
             }
         }
-        out
+        Ok(out)
+    }
+
+    /// The reusable extents (sorted, coalesced).
+    pub(crate) fn extents(&self) -> Vec<(u64, u64)> {
+        self.free.clone()
     }
 
     /// Upper bound on the number of extents `all_extents` returns.
@@ -157,7 +270,8 @@ mod tests {
         f.insert_free(10, 2);
         f.insert_free(14, 1);
         f.insert_free(12, 2);
-        assert_eq!(f.all_extents(), vec![(10, 5)]);
+        assert_eq!(f.all_extents().unwrap(), vec![(10, 5)]);
+        assert!(!f.insert_free(11, 1), "overlap refused");
         f.insert_free(20, 3);
         assert_eq!(f.alloc(4), Some(10));
         assert_eq!(f.alloc(2), Some(20));
@@ -179,8 +293,13 @@ mod tests {
         f.release(6);
         assert_eq!((f.free_pages(), f.pending_pages()), (2, 2));
         assert_eq!(f.alloc(2), Some(30));
-        assert_eq!(f.all_extents(), vec![(40, 2)]);
+        assert_eq!(f.all_extents().unwrap(), vec![(40, 2)]);
+        f.add_pending(9, 40, 1);
+        assert!(f.all_extents().is_err(), "double free detected");
         f.release(u64::MAX);
+        assert!(f.remove_range(41, 1) && !f.remove_range(41, 1));
+        assert!(f.insert_free(41, 1));
         assert_eq!(f.alloc(2), Some(40));
+        assert_eq!(f.alloc(1), None, "the double-freed page is handed out once");
     }
 }

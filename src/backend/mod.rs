@@ -12,6 +12,8 @@
 //! - A [`ReadTxn`] sees exactly one published snapshot for its whole life; values borrowed from
 //!   it stay valid and unchanged until it is dropped.
 
+#![warn(missing_docs)]
+
 use std::cell::{Cell, RefCell};
 use std::cmp::Ordering;
 use std::fmt;
@@ -34,11 +36,12 @@ mod view;
 mod write;
 
 pub use check::MAX_CHECK_PROBLEMS;
+pub use freelist::MAX_FREELIST_SEGMENTS;
 pub use readers::MAX_READERS;
 pub use write::MAX_TXN_DIRTY_PAGES;
 
 use freelist::Freelist;
-use page::{Meta, FIRST_DATA_PAGE, HDR, KIND_FREELIST};
+use page::{Meta, FIRST_DATA_PAGE};
 use readers::{Registry, Snap};
 use view::{Bitmap, RawCursor, RawRange, View};
 use write::{decode_desc, TxnCore};
@@ -228,6 +231,9 @@ pub(crate) struct Shared {
 struct WriterState {
     published: Snap,
     freelist: Freelist,
+    /// The persisted freelist chain of `published` (segments oldest first, record count).
+    chain: Vec<(u64, u64)>,
+    chain_records: u64,
     durable_slot: usize,
     file_len: u64,
 }
@@ -304,42 +310,6 @@ fn read_metas(file: &std::fs::File, path: &Path, len: u64) -> Result<(Vec<u8>, V
     Ok((m, m1))
 }
 
-/// Reads and validates the persisted freelist of `snap`.
-fn load_freelist(v: &View<'_>, snap: &Snap, path: &Path) -> Result<Vec<(u64, u64)>> {
-    if snap.freelist == 0 {
-        return Ok(Vec::new());
-    }
-    let run = v.page(snap.freelist, KIND_FREELIST)?;
-    let h = page::header(run);
-    let n = h.payload as usize;
-    if h.run as u64 != snap.freelist_pages || HDR + 16 * n > run.len() {
-        return Err(Error::Corrupt(format!(
-            "{}: freelist page {}: {n} extents in a run of {} pages (meta says {})",
-            path.display(),
-            snap.freelist,
-            h.run,
-            snap.freelist_pages
-        )));
-    }
-    let mut out = Vec::with_capacity(n);
-    let mut prev_end = FIRST_DATA_PAGE;
-    for j in 0..n {
-        let s = page::rd_u64(run, HDR + 16 * j);
-        let len = page::rd_u64(run, HDR + 16 * j + 8);
-        if len == 0 || s < prev_end || s.saturating_add(len) > snap.high_water {
-            return Err(Error::Corrupt(format!(
-                "{}: freelist page {}: extent {j} ({s}+{len}) invalid (high water {})",
-                path.display(),
-                snap.freelist,
-                snap.high_water
-            )));
-        }
-        prev_end = s + len;
-        out.push((s, len));
-    }
-    Ok(out)
-}
-
 fn snap_of(m: &Meta) -> Snap {
     Snap {
         txid: m.txid,
@@ -382,6 +352,41 @@ pub fn check_file(path: impl AsRef<Path>) -> Result<CheckReport> {
     Ok(check::check_snapshot(&map, &snap, problems))
 }
 
+/// Whether the first `len` bytes of `file` are all zero (holes are skipped with SEEK_DATA,
+/// and the scan stops at the first non-zero byte, so this is cheap for real files).
+fn all_zero(file: &std::fs::File, len: u64) -> std::io::Result<bool> {
+    const CHUNK: usize = 1 << 20;
+    let fd = file.as_raw_fd();
+    let mut buf = vec![0u8; CHUNK];
+    let mut pos: u64 = 0;
+    while pos < len {
+        // SAFETY: plain syscalls on a descriptor we own.
+        let data = unsafe { libc::lseek(fd, pos as libc::off_t, libc::SEEK_DATA) };
+        if data < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENXIO) {
+                return Ok(true); // only a hole up to the end
+            }
+            return Err(e);
+        }
+        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
+        if hole < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let (mut at, end) = (data as u64, (hole as u64).min(len));
+        while at < end {
+            let n = ((end - at) as usize).min(CHUNK);
+            file.read_exact_at(&mut buf[..n], at)?;
+            if buf[..n].iter().any(|&b| b != 0) {
+                return Ok(false);
+            }
+            at += n as u64;
+        }
+        pos = end.max(pos + 1);
+    }
+    Ok(true)
+}
+
 async fn write_all(
     file: &glommio::io::BufferedFile,
     buf: Vec<u8>,
@@ -413,7 +418,8 @@ impl Backend {
     ///
     /// Picks the valid meta page with the highest txid whose high-water mark fits in the file;
     /// refuses with [`Error::Corrupt`] if neither does, and with [`Error::Locked`] if the file
-    /// is open elsewhere (also in this process). An empty file is initialised.
+    /// is open elsewhere (also in this process). An empty file (or one holding at most two
+    /// zeroed pages, as a crash during creation leaves) is initialised.
     pub async fn open(path: impl AsRef<Path>, options: Options) -> Result<Backend> {
         let path = path.as_ref().to_path_buf();
         let ps = PAGE_SIZE as u64;
@@ -450,11 +456,11 @@ impl Backend {
             .metadata()
             .map_err(|e| Error::io(ctx("stat of"), e))?
             .len();
-        if len == 0 {
-            // New file: two valid metas describing an empty database.
-            let init_len = grow_step.max(4 * ps).min(max_pages * ps);
-            file.set_len(init_len)
-                .map_err(|e| Error::io(ctx("sizing new file"), e))?;
+        // A new file, or what a crash during creation can leave: nothing but zeros (there is
+        // no data to lose in it). Metas are written and synced before the file is sized.
+        let fresh = all_zero(&file, len).map_err(|e| Error::io(ctx("reading"), e))?;
+        if fresh {
+            // Two valid metas describing an empty database, durable before the file grows.
             for txid in 0..2u64 {
                 let m = Meta {
                     txid,
@@ -465,6 +471,13 @@ impl Backend {
                 };
                 write_all(&gfile, m.encode(), txid * ps, &path).await?;
             }
+            gfile
+                .fdatasync()
+                .await
+                .map_err(|e| Error::io(ctx("fdatasync of new file"), e.into()))?;
+            let init_len = grow_step.max(4 * ps).min(max_pages * ps);
+            file.set_len(init_len)
+                .map_err(|e| Error::io(ctx("sizing new file"), e))?;
             gfile
                 .fdatasync()
                 .await
@@ -499,7 +512,15 @@ impl Backend {
         let bits = Bitmap::new(max_pages)
             .map_err(|e| Error::io(ctx("allocating the page bitmap of"), e))?;
         let snap = snap_of(&meta);
-        let extents = load_freelist(&View::new(&map, snap.high_water, &bits), &snap, &path)?;
+        let chain = freelist::load_chain(
+            &View::new(&map, snap.high_water, &bits),
+            snap.freelist,
+            snap.freelist_pages,
+        )
+        .map_err(|e| match e {
+            Error::Corrupt(m) => Error::Corrupt(format!("{}: {m}", path.display())),
+            e => e,
+        })?;
         let shared = Arc::new(Shared {
             path,
             _lock: file,
@@ -518,7 +539,9 @@ impl Backend {
             max_pages,
             state: RefCell::new(WriterState {
                 published: snap,
-                freelist: Freelist::from_extents(extents),
+                freelist: chain.set,
+                chain: chain.segments,
+                chain_records: chain.records,
                 durable_slot: slot,
                 file_len: len,
             }),
@@ -557,6 +580,7 @@ impl Backend {
             self.shared.clone(),
             st.published,
             st.freelist.clone(),
+            (st.chain.clone(), st.chain_records),
             self.max_pages,
         );
         self.writer_busy.set(true);
@@ -1021,6 +1045,8 @@ impl<'b> WriteTxn<'b> {
         let mut st = backend.state.borrow_mut();
         st.published = snap;
         st.freelist = core.freelist;
+        st.chain = core.chain;
+        st.chain_records = core.chain_records;
         Ok(snap.txid)
     }
 }

@@ -39,6 +39,9 @@ pub(crate) const FIRST_DATA_PAGE: u64 = 2;
 /// entries per page this is far beyond any real file.
 pub(crate) const MAX_DEPTH: usize = 40;
 
+/// Largest transaction id a meta may carry (far beyond any real count; leaves room to
+/// increment without overflow).
+pub(crate) const MAX_TXID: u64 = 1 << 62;
 /// Meta page magic.
 pub(crate) const META_MAGIC: [u8; 8] = *b"COREKVB\0";
 /// Version of the file format described in FORMAT.md.
@@ -154,9 +157,9 @@ pub(crate) struct Meta {
     pub txid: u64,
     /// Root page of the catalog tree (0 = empty catalog).
     pub catalog_root: u64,
-    /// Head page of the persisted freelist run (0 = no free pages).
+    /// Head page of the newest persisted freelist segment (0 = no free pages).
     pub freelist: u64,
-    /// Pages in the freelist run.
+    /// Pages in that segment.
     pub freelist_pages: u64,
     /// Number of pages in use by the format: every page id is below this.
     pub high_water: u64,
@@ -211,6 +214,9 @@ impl Meta {
             freelist_pages: rd_u64(p, 40),
             high_water: rd_u64(p, 48),
         };
+        if m.txid > MAX_TXID {
+            return Err(format!("txid {} above the limit {MAX_TXID}", m.txid));
+        }
         if m.high_water < FIRST_DATA_PAGE {
             return Err(format!("high water {} below 2", m.high_water));
         }
@@ -302,6 +308,13 @@ mod tests {
             high_water: 10,
         };
         assert_eq!(Meta::decode(&m.encode()).unwrap(), m);
+    }
+
+    #[test]
+    fn meta_rejects_absurd_txid() {
+        let mut m = meta(5, 9);
+        m.txid = u64::MAX;
+        assert!(Meta::decode(&m.encode()).unwrap_err().contains("txid"));
     }
 
     #[test]

@@ -362,6 +362,12 @@ impl<'a> RawCursor<'a> {
         }
     }
 
+    /// Levels on the path to the current entry (the tree height when positioned).
+    #[cfg(test)]
+    pub(crate) fn depth(&self) -> usize {
+        self.stack.len()
+    }
+
     /// Leaf page id and index of the current entry (None unless positioned on one).
     pub(crate) fn pos(&self) -> Option<(u64, usize)> {
         if self.state != State::At {

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::ops::Bound;
 use std::sync::Arc;
 
-use super::freelist::Freelist;
+use super::freelist::{Freelist, MAX_FREELIST_SEGMENTS, REMOVE_FLAG, SEG_HDR};
 use super::node::{split_points, Key, Node, Val, MIN_FILL};
 use super::page::*;
 use super::readers::Snap;
@@ -84,9 +84,15 @@ pub(crate) struct TxnCore {
     runs: HashMap<u64, Vec<u8>>,
     dirty_pages: u64,
     pub catalog_root: u64,
-    old_freelist: (u64, u64),
+    /// Segments of the persisted freelist chain (oldest first) and their record count.
+    pub chain: Vec<(u64, u64)>,
+    pub chain_records: u64,
+    /// This transaction's changes to the persisted set (free + pending): (start, len, added).
+    delta: Vec<(u64, u64, bool)>,
     pub trees: Vec<TreeState>,
     poison: Option<Error>,
+    /// Clean pages (run heads) this transaction freed, to catch a page referenced twice.
+    freed_now: std::collections::HashSet<u64>,
 }
 
 fn internal(msg: &str) -> Error {
@@ -99,6 +105,7 @@ impl TxnCore {
         shared: Arc<Shared>,
         base: Snap,
         freelist: Freelist,
+        chain: (Vec<(u64, u64)>, u64),
         max_pages: u64,
     ) -> TxnCore {
         TxnCore {
@@ -112,9 +119,12 @@ impl TxnCore {
             runs: HashMap::new(),
             dirty_pages: 0,
             catalog_root: base.catalog_root,
-            old_freelist: (base.freelist, base.freelist_pages),
+            chain: chain.0,
+            chain_records: chain.1,
+            delta: Vec::new(),
             trees: Vec::new(),
             poison: None,
+            freed_now: std::collections::HashSet::new(),
         }
     }
 
@@ -163,7 +173,10 @@ impl TxnCore {
             });
         }
         let pg = match self.freelist.alloc(n) {
-            Some(pg) => pg,
+            Some(pg) => {
+                self.delta.push((pg, n, false));
+                pg
+            }
             None => {
                 if self.hw + n > self.max_pages {
                     return Err(Error::MapFull);
@@ -180,32 +193,59 @@ impl TxnCore {
         Ok(pg)
     }
 
-    /// Frees `[pg, pg+n)`: immediately if this transaction allocated it, else pending.
-    fn free(&mut self, pg: u64, n: u64) {
+    /// Frees `[pg, pg+n)`: immediately if this transaction allocated it, else pending. A
+    /// reference that cannot be right (outside the snapshot, already free, or freed twice in
+    /// this transaction) is a damaged file: an error, never a corrupted freelist.
+    fn free(&mut self, pg: u64, n: u64) -> Result<()> {
         if self.nodes.remove(&pg).is_some() || self.runs.remove(&pg).is_some() {
             self.release_dirty(pg, n);
-        } else {
-            debug_assert!(pg + n <= self.base_hw, "freeing page {pg} never allocated");
-            self.freelist.add_pending(self.txid, pg, n);
+            return Ok(());
         }
+        if pg < FIRST_DATA_PAGE || pg.saturating_add(n) > self.base_hw {
+            return Err(Error::Corrupt(format!(
+                "reference to pages {pg}..{} outside [2, {}) (damaged file, run check())",
+                pg.saturating_add(n),
+                self.base_hw
+            )));
+        }
+        if self.freelist.overlaps_free(pg, n) || !self.freed_now.insert(pg) {
+            return Err(Error::Corrupt(format!(
+                "page {pg} is referenced twice or also free (damaged file, run check())"
+            )));
+        }
+        self.freelist.add_pending(self.txid, pg, n);
+        self.delta.push((pg, n, true));
+        Ok(())
     }
 
     /// Returns pages allocated by this transaction (already removed from the maps).
     fn release_dirty(&mut self, pg: u64, n: u64) {
         self.dirty_pages -= n;
-        self.freelist.insert_free(pg, n);
+        let fresh = self.freelist.insert_free(pg, n);
+        debug_assert!(fresh, "dirty page {pg} released twice");
+        self.delta.push((pg, n, true));
     }
 
-    fn free_key(&mut self, k: Key) {
+    /// Frees the overflow run at `pg` holding `len` bytes (checking a clean one really is).
+    fn free_run(&mut self, pg: u64, len: usize) -> Result<()> {
+        if !self.runs.contains_key(&pg) {
+            self.view().overflow(pg, len)?;
+        }
+        self.free(pg, run_pages(len))
+    }
+
+    fn free_key(&mut self, k: Key) -> Result<()> {
         if k.ovf != 0 {
-            self.free(k.ovf, run_pages(k.bytes.len()));
+            self.free_run(k.ovf, k.bytes.len())?;
         }
+        Ok(())
     }
 
-    fn free_val(&mut self, v: Val) {
+    fn free_val(&mut self, v: Val) -> Result<()> {
         if let Val::Ovf(pg, len) = v {
-            self.free(pg, run_pages(len));
+            self.free_run(pg, len)?;
         }
+        Ok(())
     }
 
     fn alloc_run(&mut self, bytes: &[u8]) -> Result<u64> {
@@ -255,7 +295,7 @@ impl TxnCore {
             return Ok(pg);
         }
         let node = Node::decode(&self.view(), pg)?;
-        self.free(pg, 1);
+        self.free(pg, 1)?;
         let id = self.alloc(1)?;
         self.nodes.insert(id, node);
         Ok(id)
@@ -400,7 +440,7 @@ impl TxnCore {
         let (id, seps, old) = self.insert(*root, order, key, val, 0)?;
         *root = self.grow_root(id, seps)?;
         if let Some(old) = old {
-            self.free_val(old);
+            self.free_val(old)?;
         }
         Ok(())
     }
@@ -477,7 +517,7 @@ impl TxnCore {
         let Some((id, seps, old)) = self.remove(*root, order, key, 0)? else {
             return Ok(false);
         };
-        self.free_val(old);
+        self.free_val(old)?;
         let id = self.grow_root(id, seps)?;
         *root = self.shrink_root(id)?;
         Ok(true)
@@ -505,8 +545,10 @@ impl TxnCore {
                 drop(node);
                 let id = self.cow(pg)?;
                 let (k, v) = self.leaf_mut(id)?.remove(i);
-                self.free_key(k);
-                Ok(Some((id, Vec::new(), v)))
+                self.free_key(k)?;
+                // Normally a no-op; a damaged page can decode larger than a page.
+                let seps = self.finish(id, false)?;
+                Ok(Some((id, seps, v)))
             }
             Node::Branch { keys, children } => {
                 let i = keys.partition_point(|k| order.compare(&k.bytes, key) != Ordering::Greater);
@@ -554,7 +596,7 @@ impl TxnCore {
                 Some(keys.remove(i - 1))
             };
             if let Some(k) = k {
-                self.free_key(k);
+                self.free_key(k)?;
             }
             return Ok(());
         }
@@ -586,7 +628,7 @@ impl TxnCore {
         children[l] = lid;
         let merged = match (left, right) {
             (Node::Leaf(mut a), Node::Leaf(b)) => {
-                self.free_key(sep);
+                self.free_key(sep)?;
                 a.extend(b);
                 Node::Leaf(a)
             }
@@ -639,20 +681,20 @@ impl TxnCore {
         match node {
             Node::Leaf(entries) => {
                 for (k, v) in entries {
-                    self.free_key(k);
-                    self.free_val(v);
+                    self.free_key(k)?;
+                    self.free_val(v)?;
                 }
             }
             Node::Branch { keys, children } => {
                 for k in keys {
-                    self.free_key(k);
+                    self.free_key(k)?;
                 }
                 for c in children {
                     self.free_tree(c, depth + 1)?;
                 }
             }
         }
-        self.free(root, 1);
+        self.free(root, 1)?;
         Ok(())
     }
 
@@ -775,6 +817,76 @@ impl TxnCore {
         Ok(Some(self.trees.len() - 1))
     }
 
+    /// Writes this transaction's freelist: normally one new segment holding its changes
+    /// (`delta`) in front of the existing chain; the whole set as a single segment when the
+    /// chain has grown long relative to the set (so open replays little, and a long reader
+    /// never makes each commit rewrite everything pending). Returns the chain head (page,
+    /// pages) and the sealed segment, if one was written.
+    fn persist_freelist(&mut self) -> Result<(u64, u64, Option<Vec<u8>>)> {
+        let bound = self.freelist.extent_bound();
+        let compact = self.chain.is_empty()
+            || self.chain.len() >= MAX_FREELIST_SEGMENTS
+            || self.chain_records + self.delta.len() as u64 > 2 * bound as u64 + 256;
+        if !compact && self.delta.is_empty() {
+            let &(pg, n) = self.chain.last().expect("non-empty chain");
+            return Ok((pg, n, None));
+        }
+        let (records, next): (Vec<(u64, u64)>, (u64, u64)) = if compact {
+            for (pg, n) in std::mem::take(&mut self.chain) {
+                self.free(pg, n)?;
+            }
+            let bound = self.freelist.extent_bound();
+            if bound == 0 {
+                self.chain_records = 0;
+                self.delta.clear();
+                return Ok((0, 0, None));
+            }
+            // Allocating the segment can only keep or shrink the extent count.
+            let n = run_pages(SEG_HDR + 16 * bound);
+            let pg = self.alloc(n)?;
+            let ext = self.freelist.all_extents().map_err(Error::Corrupt)?;
+            debug_assert!(ext.len() <= bound);
+            self.chain.push((pg, n));
+            (ext, (0, 0))
+        } else {
+            let next = *self.chain.last().expect("non-empty chain");
+            // One more record for the segment's own allocation (if it comes from the set).
+            let n = run_pages(SEG_HDR + 16 * (self.delta.len() + 1));
+            let pg = self.alloc(n)?;
+            self.chain.push((pg, n));
+            let recs = self
+                .delta
+                .iter()
+                .map(|&(s, len, add)| (s, if add { len } else { len | REMOVE_FLAG }))
+                .collect();
+            (recs, next)
+        };
+        self.delta.clear();
+        let &(pg, n) = self.chain.last().expect("just pushed");
+        debug_assert!(SEG_HDR + 16 * records.len() <= n as usize * PAGE_SIZE - HDR);
+        let mut buf = vec![0u8; n as usize * PAGE_SIZE];
+        wr_u64(&mut buf, HDR, next.0);
+        wr_u64(&mut buf, HDR + 8, next.1);
+        for (j, (s, len)) in records.iter().enumerate() {
+            wr_u64(&mut buf, HDR + SEG_HDR + 16 * j, *s);
+            wr_u64(&mut buf, HDR + SEG_HDR + 16 * j + 8, *len);
+        }
+        seal(
+            &mut buf,
+            KIND_FREELIST,
+            0,
+            pg,
+            self.txid,
+            records.len() as u32,
+        );
+        self.chain_records = if compact {
+            records.len() as u64
+        } else {
+            self.chain_records + records.len() as u64
+        };
+        Ok((pg, n, Some(buf)))
+    }
+
     /// Applies tree changes to the catalog, persists the freelist, and returns every dirty
     /// page (sealed, sorted by id) with the snapshot they make up.
     pub(crate) fn prepare_commit(&mut self) -> Result<(Vec<SealedPages>, Snap)> {
@@ -798,32 +910,11 @@ impl TxnCore {
         for t in &mut self.trees {
             t.dirty = false;
         }
-        // The previous freelist run stops being referenced by this transaction's meta.
-        if self.old_freelist.0 != 0 {
-            self.free(self.old_freelist.0, self.old_freelist.1);
-            self.old_freelist = (0, 0);
-        }
-        // Allocating the run can only keep or shrink the extent count, so sizing it by the
-        // count before the allocation is enough.
-        let bound = self.freelist.extent_bound();
-        let (fl, fl_pages) = if bound == 0 {
-            (0, 0)
-        } else {
-            let n = run_pages(16 * bound);
-            (self.alloc(n)?, n)
-        };
+        let (fl, fl_pages, seg) = self.persist_freelist()?;
         let mut pages: Vec<SealedPages> =
             Vec::with_capacity(self.nodes.len() + self.runs.len() + 1);
-        if fl != 0 {
-            let ext = self.freelist.all_extents();
-            debug_assert!(ext.len() <= bound);
-            let mut buf = vec![0u8; fl_pages as usize * PAGE_SIZE];
-            for (j, (s, len)) in ext.iter().enumerate() {
-                wr_u64(&mut buf, HDR + 16 * j, *s);
-                wr_u64(&mut buf, HDR + 16 * j + 8, *len);
-            }
-            seal(&mut buf, KIND_FREELIST, 0, fl, self.txid, ext.len() as u32);
-            pages.push((fl, buf));
+        if let Some(seg) = seg {
+            pages.push((fl, seg));
         }
         for (&id, node) in &self.nodes {
             if node.len() == 0 {
