@@ -186,6 +186,11 @@ fn unreachable_endpoints_fail_fast_with_exit_2() {
     out.fails(EXIT_ERROR, "unhealthy cluster");
     drop(silent);
 
+    // No command at all: the help on stderr, usage exit code.
+    let out = cli_support::run(&[], None);
+    assert_eq!(out.code, 128, "{out:?}");
+    assert!(out.stderr.contains("Usage: corekvctl"), "{out:?}");
+
     // Input errors are found before any connection is tried.
     let out = ctl.run_with_stdin(&["txn"], Some(b"bogus\n"));
     out.fails(3, "malformed comparison");

@@ -403,6 +403,14 @@ fn compaction_makes_old_revisions_unreadable() {
         .fails(EXIT_ERROR, "compacted");
     ctl.run(&["compaction", "1000000"])
         .fails(EXIT_ERROR, "FutureRevision");
+    ctl.run(&["put", "k", "v4"]).ok();
+    let r4 = revision(&ctl);
+    assert_eq!(
+        ctl.run(&["compaction", &r4.to_string(), "-w", "table"])
+            .ok(),
+        format!("compacted revision {r4}\n"),
+        "compaction prints its line whatever the format, as etcdctl"
+    );
     ctl.run(&["compaction"]).fails(EXIT_BAD_ARGS, "required");
     ctl.run(&["compaction", "ten"]).fails(EXIT_BAD_ARGS, "ten");
 }

@@ -181,6 +181,11 @@ fn main() -> ExitCode {
                 let _ = e.print();
                 return ExitCode::SUCCESS;
             }
+            if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                // No command given: the help text on stderr, and a usage-error exit.
+                let _ = e.print();
+                return ExitCode::from(exit::BAD_ARGS);
+            }
             let text = e.to_string();
             let text = text.strip_prefix("error: ").unwrap_or(&text);
             eprint!("Error: {text}");
@@ -212,7 +217,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Compaction(_) => "compaction",
         Command::Endpoint(_) => "endpoint",
     };
-    if format == Format::Table && !matches!(cli.command, Command::Endpoint(_)) {
+    // etcdctl renders tables only for the endpoint commands; `compaction` prints its one
+    // line whatever the format.
+    let table_ok = matches!(cli.command, Command::Endpoint(_) | Command::Compaction(_));
+    if format == Format::Table && !table_ok {
         return Err(Failure::new(
             exit::BAD_FEATURE,
             format!("table is not supported as output format for {name}"),
