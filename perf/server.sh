@@ -20,7 +20,7 @@ run() { # name, then corekv-bench arguments
   local name=$1; shift
   for r in $(seq 1 "$ROUNDS"); do
     echo "$name round $r: corekv-bench $*" >&2
-    "$BENCH" "$@" --endpoints "127.0.0.1:$PORT" --json | sed "s/^{/{\"name\":\"$name\",/" >> "$RESULTS"
+    "$BENCH" "$@" --endpoints "127.0.0.1:$PORT" --json | sed "s|^{|{\"name\":\"$name\",|" >> "$RESULTS"
   done
 }
 run "put, 1 client" put --clients 1 --conns 1 --total 3000
