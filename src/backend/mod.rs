@@ -1125,14 +1125,7 @@ impl TreeMut<'_> {
         range: R,
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        self.core.check_poison()?;
-        let (s, e) = bounds(&range);
-        let t = &self.core.trees[self.idx];
-        let mut out = Vec::new();
-        if limit > 0 {
-            self.core.scan(t.root, t.order, s, e, limit, &mut out, 0)?;
-        }
-        Ok(out)
+        self.collect(&range, limit, false)
     }
 
     /// At most `limit` entries in `range` as seen by this transaction (copied out), in
@@ -1142,13 +1135,27 @@ impl TreeMut<'_> {
         range: R,
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.collect(&range, limit, true)
+    }
+
+    /// At most `limit` entries of `range`, forward or in descending key order.
+    fn collect<'r, R: RangeBounds<&'r [u8]>>(
+        &self,
+        range: &R,
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         self.core.check_poison()?;
-        let (s, e) = bounds(&range);
+        let (s, e) = bounds(range);
         let t = &self.core.trees[self.idx];
         let mut out = Vec::new();
         if limit > 0 {
-            self.core
-                .scan_rev(t.root, t.order, s, e, limit, &mut out, 0)?;
+            if reverse {
+                self.core
+                    .scan_rev(t.root, t.order, s, e, limit, &mut out, 0)?;
+            } else {
+                self.core.scan(t.root, t.order, s, e, limit, &mut out, 0)?;
+            }
         }
         Ok(out)
     }

@@ -748,16 +748,11 @@ impl TxnCore {
                 "tree deeper than {MAX_DEPTH} levels at page {pg}"
             )));
         }
-        let after_start = |k: &[u8]| match start {
-            Bound::Unbounded => true,
-            Bound::Included(s) => order.compare(k, s) != Ordering::Less,
-            Bound::Excluded(s) => order.compare(k, s) == Ordering::Greater,
-        };
-        let before_end = |k: &[u8]| match end {
-            Bound::Unbounded => true,
-            Bound::Included(e) => order.compare(k, e) != Ordering::Greater,
-            Bound::Excluded(e) => order.compare(k, e) == Ordering::Less,
-        };
+        let bounds = ScanBounds { order, start, end };
+        let (after_start, before_end) = (
+            |k: &[u8]| bounds.after_start(k),
+            |k: &[u8]| bounds.before_end(k),
+        );
         let node = self.node(pg)?;
         match &*node {
             Node::Leaf(entries) => {
@@ -816,16 +811,11 @@ impl TxnCore {
                 "tree deeper than {MAX_DEPTH} levels at page {pg}"
             )));
         }
-        let after_start = |k: &[u8]| match start {
-            Bound::Unbounded => true,
-            Bound::Included(s) => order.compare(k, s) != Ordering::Less,
-            Bound::Excluded(s) => order.compare(k, s) == Ordering::Greater,
-        };
-        let before_end = |k: &[u8]| match end {
-            Bound::Unbounded => true,
-            Bound::Included(e) => order.compare(k, e) != Ordering::Greater,
-            Bound::Excluded(e) => order.compare(k, e) == Ordering::Less,
-        };
+        let bounds = ScanBounds { order, start, end };
+        let (after_start, before_end) = (
+            |k: &[u8]| bounds.after_start(k),
+            |k: &[u8]| bounds.before_end(k),
+        );
         let node = self.node(pg)?;
         match &*node {
             Node::Leaf(entries) => {
@@ -1014,5 +1004,32 @@ impl TxnCore {
             freelist_pages: fl_pages,
         };
         Ok((pages, snap))
+    }
+}
+
+/// The bounds of a range walk, compared under the tree's key order.
+struct ScanBounds<'k> {
+    order: KeyOrder,
+    start: Bound<&'k [u8]>,
+    end: Bound<&'k [u8]>,
+}
+
+impl ScanBounds<'_> {
+    /// Whether `k` is at or after the start bound.
+    fn after_start(&self, k: &[u8]) -> bool {
+        match self.start {
+            Bound::Unbounded => true,
+            Bound::Included(s) => self.order.compare(k, s) != Ordering::Less,
+            Bound::Excluded(s) => self.order.compare(k, s) == Ordering::Greater,
+        }
+    }
+
+    /// Whether `k` is at or before the end bound.
+    fn before_end(&self, k: &[u8]) -> bool {
+        match self.end {
+            Bound::Unbounded => true,
+            Bound::Included(e) => self.order.compare(k, e) != Ordering::Greater,
+            Bound::Excluded(e) => self.order.compare(k, e) == Ordering::Less,
+        }
     }
 }

@@ -28,6 +28,26 @@ use crate::mvcc::{
 };
 pub use txn::Txn;
 
+/// Turns a `result` union (`ok`: a response with a header, or `err`: a typed error) into the
+/// client's result, reading the response with `$read`.
+macro_rules! answer {
+    ($reply:expr, $union:ident, $read:path) => {{
+        use crate::generated::rpc_capnp::$union::Which;
+        match $reply
+            .get()?
+            .get_result()?
+            .which()
+            .map_err(|e| capnp::Error::failed(e.to_string()))?
+        {
+            Which::Ok(r) => {
+                let r = r?;
+                Ok(($read(r)?, api::read_header(r.get_header()?)))
+            }
+            Which::Err(e) => Err(ClientError::Server(api::read_error(e?)?)),
+        }
+    }};
+}
+
 /// Default per-request timeout.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default connect timeout per endpoint.
@@ -338,22 +358,7 @@ impl Client {
             let mut q = c.kv.range_request();
             api::write_range_request(&req, q.get().init_request());
             let reply = q.send().promise.await?;
-            use crate::generated::rpc_capnp::range_result::Which;
-            match reply
-                .get()?
-                .get_result()?
-                .which()
-                .map_err(|e| capnp::Error::failed(e.to_string()))?
-            {
-                Which::Ok(r) => {
-                    let r = r?;
-                    Ok((
-                        api::read_range_response(r)?,
-                        api::read_header(r.get_header()?),
-                    ))
-                }
-                Which::Err(e) => Err(ClientError::Server(api::read_error(e?)?)),
-            }
+            answer!(reply, range_result, api::read_range_response)
         })
         .await
     }
@@ -375,22 +380,7 @@ impl Client {
             let mut q = c.kv.put_request();
             api::write_put_request(&req, q.get().init_request());
             let reply = q.send().promise.await?;
-            use crate::generated::rpc_capnp::put_result::Which;
-            match reply
-                .get()?
-                .get_result()?
-                .which()
-                .map_err(|e| capnp::Error::failed(e.to_string()))?
-            {
-                Which::Ok(r) => {
-                    let r = r?;
-                    Ok((
-                        api::read_put_response(r)?,
-                        api::read_header(r.get_header()?),
-                    ))
-                }
-                Which::Err(e) => Err(ClientError::Server(api::read_error(e?)?)),
-            }
+            answer!(reply, put_result, api::read_put_response)
         })
         .await
     }
@@ -416,22 +406,7 @@ impl Client {
             let mut q = c.kv.delete_range_request();
             api::write_delete_request(&req, q.get().init_request());
             let reply = q.send().promise.await?;
-            use crate::generated::rpc_capnp::delete_range_result::Which;
-            match reply
-                .get()?
-                .get_result()?
-                .which()
-                .map_err(|e| capnp::Error::failed(e.to_string()))?
-            {
-                Which::Ok(r) => {
-                    let r = r?;
-                    Ok((
-                        api::read_delete_response(r)?,
-                        api::read_header(r.get_header()?),
-                    ))
-                }
-                Which::Err(e) => Err(ClientError::Server(api::read_error(e?)?)),
-            }
+            answer!(reply, delete_range_result, api::read_delete_response)
         })
         .await
     }
@@ -443,22 +418,7 @@ impl Client {
             let mut q = c.kv.txn_request();
             api::write_txn_request(&req, q.get().init_request());
             let reply = q.send().promise.await?;
-            use crate::generated::rpc_capnp::txn_result::Which;
-            match reply
-                .get()?
-                .get_result()?
-                .which()
-                .map_err(|e| capnp::Error::failed(e.to_string()))?
-            {
-                Which::Ok(r) => {
-                    let r = r?;
-                    Ok((
-                        api::read_txn_response(r)?,
-                        api::read_header(r.get_header()?),
-                    ))
-                }
-                Which::Err(e) => Err(ClientError::Server(api::read_error(e?)?)),
-            }
+            answer!(reply, txn_result, api::read_txn_response)
         })
         .await
     }
