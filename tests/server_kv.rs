@@ -414,3 +414,48 @@ fn quota_refuses_growth_but_allows_deletes_and_compaction() {
         c.compact(h.revision, true).await.unwrap();
     });
 }
+
+#[test]
+fn a_relative_data_dir_works() {
+    // The default `--data-dir` is relative (`./default.corekv`): run the real binary from a
+    // scratch working directory with a relative data dir, write, restart, read back.
+    let cwd = tempfile::tempdir().unwrap();
+    let start = || {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_corekv"))
+            .current_dir(cwd.path())
+            .args([
+                "--data-dir",
+                "rel.corekv",
+                "--listen-client-urls",
+                "127.0.0.1:0",
+                "--log-level",
+                "warn",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let addr = line
+            .split("listening for clients on ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_else(|| panic!("corekv did not start: {line:?}"))
+            .to_string();
+        (child, addr)
+    };
+    let (mut child, addr) = start();
+    let rev = with_client(&addr, async |c| c.put_kv("rel", "ok").await.unwrap());
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    assert!(cwd.path().join("rel.corekv/wal").is_dir());
+    let (mut child, addr) = start();
+    let kv = with_client(&addr, async |c| c.get("rel").await.unwrap().unwrap());
+    assert_eq!((kv.value.as_slice(), kv.mod_revision), (&b"ok"[..], rev));
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+}

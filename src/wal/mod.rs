@@ -383,7 +383,10 @@ impl Wal {
         mut replay: impl FnMut(Record),
     ) -> Result<(Wal, RecoveryInfo), WalError> {
         opts.validate()?;
-        let dir = data_dir.as_ref().join(WAL_DIR_NAME);
+        // glommio's directory handle fails on relative paths (EBADF): resolve against the
+        // current directory first, so a relative data dir (the server's default) works.
+        let dir = std::path::absolute(data_dir.as_ref().join(WAL_DIR_NAME))
+            .map_err(|e| WalError::io("resolve dir", data_dir.as_ref(), None, e))?;
         std::fs::create_dir_all(&dir).map_err(|e| WalError::io("create dir", &dir, None, e))?;
         let lock = lock_dir(&dir)?;
         segment::probe_dma(&dir).await?;
