@@ -22,6 +22,12 @@ use super::types::{
 };
 use crate::backend::{KeyOrder, WriteTxn};
 
+/// Most keys one request may change (puts plus deleted keys): bounds the backend transaction
+/// and the memory of one request; a larger delete must be split into smaller ranges.
+pub const MAX_CHANGES_PER_REQUEST: usize = 100_000;
+/// Most key and value bytes one request may write (deleted keys count their key bytes).
+pub const MAX_CHANGE_BYTES_PER_REQUEST: usize = 64 << 20;
+
 /// Deepest nesting of transactions accepted.
 pub const MAX_TXN_DEPTH: usize = 16;
 /// Default for [`Limits::max_txn_ops`] (etcd's default).
@@ -148,17 +154,13 @@ impl<'a, 'b> WriteBatch<'a, 'b> {
     fn apply_put(&mut self, p: &PutRequest) -> Result<PutResponse> {
         check_put(p)?;
         check_put_against_state(&mut self.view, p, self.current)?;
-        let mut change = Change::new(self.current + 1);
-        let resp = change.put(&mut self.view, p)?;
-        self.commit_change(change)?;
+        let resp = self.run_change(|c, view| c.put(view, p))?;
         Ok(resp)
     }
 
     fn apply_delete(&mut self, d: &DeleteRangeRequest) -> Result<DeleteRangeResponse> {
         check_key("delete", &d.key)?;
-        let mut change = Change::new(self.current + 1);
-        let resp = change.delete_range(&mut self.view, d)?;
-        self.commit_change(change)?;
+        let resp = self.run_change(|c, view| c.delete_range(view, d))?;
         Ok(resp)
     }
 
@@ -177,10 +179,9 @@ impl<'a, 'b> WriteBatch<'a, 'b> {
             self.compacted,
         )?;
         debug_assert_eq!(cursor, path.len(), "pre-checks walk the whole path");
-        let mut change = Change::new(self.current + 1);
+        let compacted = self.compacted;
         let mut cursor = 0;
-        let resp = change.txn(&mut self.view, t, &path, &mut cursor, self.compacted)?;
-        self.commit_change(change)?;
+        let resp = self.run_change(|c, view| c.txn(view, t, &path, &mut cursor, compacted))?;
         Ok(resp)
     }
 
@@ -291,6 +292,27 @@ impl<'a, 'b> WriteBatch<'a, 'b> {
         Ok(())
     }
 
+    /// Runs one request's changes at the next revision. If it fails part-way (a limit, a
+    /// response too large inside a txn), the writes it already made are removed again, so a
+    /// failed request leaves no trace; only backend failures (`Internal`) leave the batch to
+    /// be abandoned by the caller.
+    fn run_change<T>(
+        &mut self,
+        f: impl FnOnce(&mut Change, &mut WriteView<'a, 'b>) -> Result<T>,
+    ) -> Result<T> {
+        let mut change = Change::new(self.current + 1);
+        match f(&mut change, &mut self.view) {
+            Ok(resp) => {
+                self.commit_change(change)?;
+                Ok(resp)
+            }
+            Err(e) => {
+                change.undo(&mut self.view)?;
+                Err(e)
+            }
+        }
+    }
+
     fn commit_change(&mut self, change: Change) -> Result<()> {
         if change.events.is_empty() {
             return Ok(());
@@ -313,6 +335,8 @@ const COMPACT_SCAN_BATCH: usize = 1024;
 struct Change {
     rev: Revision,
     events: Vec<Event>,
+    /// Key and value bytes written so far (bounded by MAX_CHANGE_BYTES_PER_REQUEST).
+    bytes: usize,
 }
 
 impl Change {
@@ -320,10 +344,48 @@ impl Change {
         Change {
             rev,
             events: Vec::new(),
+            bytes: 0,
         }
     }
 
+    /// Fails if `more` further changes of `bytes` bytes would exceed the per-request limits.
+    fn reserve(&self, more: usize, bytes: usize) -> Result<()> {
+        if self.events.len() + more > MAX_CHANGES_PER_REQUEST {
+            return Err(Error::new(
+                ErrorCode::RequestTooLarge,
+                format!(
+                    "the request changes more than {MAX_CHANGES_PER_REQUEST} keys; split it into smaller ranges"
+                ),
+            ));
+        }
+        if self.bytes + bytes > MAX_CHANGE_BYTES_PER_REQUEST {
+            return Err(Error::new(
+                ErrorCode::RequestTooLarge,
+                format!(
+                    "the request writes more than {MAX_CHANGE_BYTES_PER_REQUEST} bytes of keys and values; split it"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Removes every write this change made: all are at the fresh revision `rev`, which
+    /// nothing else uses, so deleting them restores the state before the change.
+    fn undo(&self, view: &mut WriteView<'_, '_>) -> Result<()> {
+        for (sub, ev) in self.events.iter().enumerate() {
+            debug_assert_eq!(ev.kv.mod_revision, self.rev);
+            view.txn
+                .open_tree(KV_TREE, KV_ORDER)?
+                .delete(&kv_key(&ev.kv.key, self.rev))?;
+            view.txn
+                .open_tree(HISTORY_TREE, KeyOrder::Bytewise)?
+                .delete(&history_key(self.rev, sub as u32))?;
+        }
+        Ok(())
+    }
+
     fn next_sub(&self) -> u32 {
+        // Invariant: at most MAX_CHANGES_PER_REQUEST (< u32::MAX) changes per revision.
         u32::try_from(self.events.len()).expect("changes per revision fit in u32")
     }
 
@@ -333,6 +395,9 @@ impl Change {
         key: &[u8],
         rec: VersionRecord,
     ) -> Result<()> {
+        let size = key.len() + rec.value.len();
+        self.reserve(1, size)?;
+        self.bytes += size;
         let kind = rec.kind;
         let kv = match kind {
             EventKind::Put => rec.to_key_value(key, self.rev, true),
@@ -389,8 +454,13 @@ impl Change {
     ) -> Result<DeleteRangeResponse> {
         let end = RangeEnd::decode(&d.range_end);
         let mut victims = Vec::new();
+        let mut bytes = 0;
         for_each_visible(view, &d.key, &end, self.rev, |key, mod_rev, rec| {
-            victims.push(to_key_value(key, mod_rev, rec, d.prev_kv)?);
+            let kv = to_key_value(key, mod_rev, rec, d.prev_kv)?;
+            // prev_kv values count too: they are held for the response.
+            bytes += kv.key.len() + kv.value.len();
+            self.reserve(victims.len() + 1, bytes)?;
+            victims.push(kv);
             Ok(true)
         })?;
         for kv in &victims {
@@ -431,7 +501,18 @@ impl Change {
                     } else {
                         self.rev
                     };
-                    ResponseOp::Range(range_at(view, r, current, compacted)?)
+                    {
+                        let resp = range_at(view, r, current, compacted)?;
+                        // The whole txn response counts against the request's byte budget.
+                        let bytes: usize = resp
+                            .kvs
+                            .iter()
+                            .map(|kv| kv.key.len() + kv.value.len())
+                            .sum();
+                        self.reserve(0, bytes)?;
+                        self.bytes += bytes;
+                        ResponseOp::Range(resp)
+                    }
                 }
                 RequestOp::Put(p) => ResponseOp::Put(self.put(view, p)?),
                 RequestOp::DeleteRange(d) => ResponseOp::DeleteRange(self.delete_range(view, d)?),

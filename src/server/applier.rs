@@ -20,6 +20,10 @@ use crate::mvcc::{
 pub const BACKEND_SYNC_INTERVAL: Duration = Duration::from_millis(100);
 /// Sync the backend after at most this many unsynced applied entries.
 pub const BACKEND_SYNC_ENTRIES: u64 = 10_000;
+/// Key and value bytes applied in one backend write transaction before it is published and a
+/// new one begun: keeps every transaction far below the backend's `MAX_TXN_DIRTY_PAGES`
+/// (one request adds at most `mvcc::store::MAX_CHANGE_BYTES_PER_REQUEST` on top).
+pub const MAX_APPLY_TXN_BYTES: usize = 64 << 20;
 /// History events physically compacted per applied batch, so compaction never stalls writes.
 pub const COMPACTION_EVENTS_PER_BATCH: usize = 1_000;
 
@@ -129,12 +133,35 @@ impl Applier {
         if fresh.is_empty() && (self.compaction_done || self.compacted == 0) {
             return Ok(results);
         }
+        let mut rest = &fresh[..];
+        loop {
+            let taken = self.apply_chunk(rest, &mut results).await?;
+            rest = &rest[taken..];
+            if rest.is_empty() {
+                return Ok(results);
+            }
+        }
+    }
+
+    /// Applies a prefix of `fresh` in one backend transaction, until the entries are used up
+    /// or [`MAX_APPLY_TXN_BYTES`] are written; publishes it and returns how many it applied.
+    async fn apply_chunk(
+        &mut self,
+        fresh: &[&CommittedEntry],
+        results: &mut Vec<AppliedResult>,
+    ) -> mvcc::Result<usize> {
+        let mut taken = 0;
         let over_quota = self.backend.stats().in_use_bytes > self.quota_bytes;
         let mut wtxn = self.backend.begin_write()?;
         let (last_index, last_term, revision, compacted, done) = {
             let mut batch = WriteBatch::begin(&mut wtxn, self.limits.clone())?;
             let mut last = (self.applied_index, self.applied_term);
-            for entry in fresh {
+            let mut written = 0usize;
+            for &entry in fresh {
+                if written >= MAX_APPLY_TXN_BYTES {
+                    break;
+                }
+                taken += 1;
                 debug_assert_eq!(
                     entry.index,
                     last.0 + 1,
@@ -157,6 +184,11 @@ impl Applier {
                             (id, Err(e))
                         } else {
                             let (result, _) = batch.apply(&req);
+                            written += batch
+                                .take_events()
+                                .iter()
+                                .map(|e| e.kv.key.len() + e.kv.value.len())
+                                .sum::<usize>();
                             if let Err(e) = &result {
                                 if e.code == ErrorCode::Internal {
                                     // A backend failure mid-transaction: abandon the whole batch.
@@ -192,7 +224,7 @@ impl Applier {
         self.revision = revision;
         self.compacted = compacted;
         self.compaction_done = done;
-        Ok(results)
+        Ok(taken)
     }
 
     /// Syncs the backend if enough time or entries have passed (or `force`); returns the
