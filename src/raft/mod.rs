@@ -2,15 +2,17 @@
 //! applier that turns committed entries into backend state.
 //!
 //! Every write request from any shard arrives here as a [`RaftRequest::Propose`]. The loop
-//! proposes everything queued, then for each raft `Ready` appends its entries and hard state
-//! to the WAL as one group (one write, one fdatasync), applies the entries committed by
-//! earlier Readies while that fsync is in flight, and replies to each proposer once its entry
-//! is applied and published. A single voter for now: the cluster issue adds peers, transport
+//! proposes everything queued and queues each raft `Ready`'s entries and hard state on the
+//! WAL (group commit: one write, one fdatasync for everything queued meanwhile) without
+//! waiting; raft learns that they are durable when the append completes, and only then
+//! commits them. Meanwhile the loop applies what is already committed and takes new
+//! proposals, so fsync and apply overlap. Each proposer is answered once its entry is applied
+//! and published; the backend is synced in a background task. A single voter for now: the cluster issue adds peers, transport
 //! and snapshots.
 
 pub mod storage;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -155,11 +157,49 @@ pub struct RaftShard {
     shared: Arc<SharedState>,
     waiters: HashMap<u64, (oneshot::Sender<ProposeResult>, bool)>,
     compaction_waiters: Vec<(oneshot::Sender<ProposeResult>, ProposeResult)>,
-    read_waiters: Vec<(u64, oneshot::Sender<mvcc::Result<u64>>)>,
+    /// Read barriers waiting for the applied index to reach a commit index; `None` until the
+    /// leader has committed an entry of its own term (before that its commit index may lag
+    /// behind entries acknowledged in an earlier term, e.g. right after a restart).
+    read_waiters: Vec<(Option<u64>, oneshot::Sender<mvcc::Result<u64>>)>,
     id_nonce: u64,
     next_id: u64,
     last_tick: Instant,
     wal_max_batch_bytes: usize,
+    /// Readies whose entries are queued on the WAL but not yet durable, oldest first. Raft
+    /// learns of their persistence (and so commits them) only when their appends complete,
+    /// which lets the loop apply earlier entries and take new proposals meanwhile.
+    persisting: VecDeque<PendingPersist>,
+    /// Entries committed by raft and not yet applied, in log order.
+    committed: Vec<Entry>,
+}
+
+/// What woke the raft loop.
+enum Wake {
+    Persisted(Result<(), String>),
+    Request(Result<RaftRequest, flume::RecvError>),
+    Tick,
+}
+
+/// The WAL appends of one raft `Ready`, in flight.
+struct PendingPersist {
+    /// The Ready's number (`RawNode::on_persist_ready`).
+    number: u64,
+    /// Appends not yet known durable, in queue order.
+    appends: VecDeque<wal::AppendFuture>,
+}
+
+impl PendingPersist {
+    /// Waits until every append is durable. Cancel-safe: an append is dropped from the queue
+    /// the moment it completes, so a cancelled wait resumes where it stopped.
+    async fn wait(&mut self) -> Result<(), String> {
+        while let Some(append) = self.appends.front_mut() {
+            append
+                .await
+                .map_err(|e| format!("WAL append failed: {e}"))?;
+            self.appends.pop_front();
+        }
+        Ok(())
+    }
 }
 
 impl RaftShard {
@@ -252,6 +292,8 @@ impl RaftShard {
                 next_id: 1,
                 last_tick: Instant::now(),
                 wal_max_batch_bytes,
+                persisting: VecDeque::new(),
+                committed: Vec::new(),
             },
             reader,
         ))
@@ -270,18 +312,34 @@ impl RaftShard {
         requests: flume::Receiver<RaftRequest>,
         stop: oneshot::Receiver<()>,
     ) -> Result<(), String> {
-        self.process_ready().await?;
+        self.process_ready()?;
         let mut stop = stop.fuse();
         loop {
+            self.apply_committed().await?;
+            self.maybe_sync_and_release(false).await?;
             let until_tick = TICK_INTERVAL.saturating_sub(self.last_tick.elapsed());
-            let next = futures::select_biased! {
-                _ = stop => break,
-                r = requests.recv_async() => Some(r),
-                _ = glommio::timer::sleep(until_tick).fuse() => None,
+            let next = {
+                let persisted = async {
+                    match self.persisting.front_mut() {
+                        Some(p) => p.wait().await,
+                        None => futures::future::pending().await,
+                    }
+                };
+                futures::select_biased! {
+                    _ = stop => break,
+                    r = persisted.fuse() => Wake::Persisted(r),
+                    r = requests.recv_async() => Wake::Request(r),
+                    _ = glommio::timer::sleep(until_tick).fuse() => Wake::Tick,
+                }
             };
             match next {
-                Some(Err(_)) => break,
-                Some(Ok(req)) => {
+                Wake::Persisted(r) => {
+                    r?;
+                    let done = self.persisting.pop_front().expect("the awaited persist");
+                    self.node.on_persist_ready(done.number);
+                }
+                Wake::Request(Err(_)) => break,
+                Wake::Request(Ok(req)) => {
                     self.handle(req);
                     let mut taken = 1;
                     while taken < MAX_PROPOSALS_PER_READY {
@@ -292,16 +350,21 @@ impl RaftShard {
                         taken += 1;
                     }
                 }
-                None => {}
+                Wake::Tick => {}
             }
             if self.last_tick.elapsed() >= TICK_INTERVAL {
                 self.node.tick();
                 self.last_tick = Instant::now();
             }
-            self.process_ready().await?;
-            self.maybe_sync_and_release(false).await?;
+            self.process_ready()?;
         }
-        self.process_ready().await?;
+        // Finish what is in flight: every queued append, then every committed entry.
+        while let Some(mut p) = self.persisting.pop_front() {
+            p.wait().await?;
+            self.node.on_persist_ready(p.number);
+            self.process_ready()?;
+        }
+        self.apply_committed().await?;
         self.maybe_sync_and_release(true).await?;
         self.refuse_pending(&requests);
         self.wal.close().await;
@@ -370,12 +433,14 @@ impl RaftShard {
                 }
             }
             RaftRequest::ReadBarrier { reply } => {
-                // A single voter that is leader knows its commit index is the cluster's.
-                let commit = self.node.raft.raft_log.committed;
-                if self.applier.applied_index() >= commit {
-                    let _ = reply.send(Ok(self.applier.applied_index()));
-                } else {
-                    self.read_waiters.push((commit, reply));
+                // A single voter that is leader knows its commit index is the cluster's, once
+                // it has committed an entry of its own term (raft's rule for read index).
+                let commit = self.read_commit_index();
+                match commit {
+                    Some(commit) if self.applier.applied_index() >= commit => {
+                        let _ = reply.send(Ok(self.applier.applied_index()));
+                    }
+                    _ => self.read_waiters.push((commit, reply)),
                 }
             }
             RaftRequest::Status { reply } => {
@@ -393,7 +458,13 @@ impl RaftShard {
         }
     }
 
-    async fn process_ready(&mut self) -> Result<(), String> {
+    /// Takes every raft `Ready`: queues its entries (and hard state) on the WAL without
+    /// waiting for them to become durable, hands raft the entries through the log store, and
+    /// collects the committed entries for [`Self::apply_committed`]. Raft counts the entries
+    /// as persisted only when their appends complete (`on_persist_ready` in [`Self::run`]),
+    /// so nothing commits, and no client is answered, before its entry is durable; meanwhile
+    /// the loop applies earlier entries and proposes new ones, overlapping fsync and apply.
+    fn process_ready(&mut self) -> Result<(), String> {
         while self.node.has_ready() {
             let mut rd = self.node.ready();
             if !rd.snapshot().is_empty() {
@@ -403,7 +474,7 @@ impl RaftShard {
             }
             // Messages to peers: none exist yet (single voter).
             debug_assert!(rd.messages().is_empty() && rd.persisted_messages().is_empty());
-            let committed = rd.take_committed_entries();
+            self.committed.extend(rd.take_committed_entries());
             let mut records: Vec<Record> = rd
                 .entries()
                 .iter()
@@ -413,30 +484,28 @@ impl RaftShard {
                     data: e.data.to_vec(),
                 })
                 .collect();
+            // A hard state that only raises the commit index need not be persisted on its
+            // own (an extra fsync per batch): it rides along with the next entries, and after
+            // a restart the single voter re-commits its log anyway.
             if let Some(hs) = rd.hs() {
-                records.push(Record::HardState {
-                    term: hs.term,
-                    vote: hs.vote,
-                    commit: hs.commit,
-                });
-            }
-            // Start the WAL group commit, then apply earlier-committed entries meanwhile.
-            let persisted = self.append_to_wal(records);
-            self.apply(committed).await?;
-            for f in persisted {
-                f.await.map_err(|e| format!("WAL append failed: {e}"))?;
-            }
-            if let Some(hs) = rd.hs() {
+                if rd.must_sync() || !records.is_empty() {
+                    records.push(Record::HardState {
+                        term: hs.term,
+                        vote: hs.vote,
+                        commit: hs.commit,
+                    });
+                }
                 self.node.mut_store().set_hard_state(hs);
             }
-            self.node.mut_store().append(rd.entries());
-            let mut light = self.node.advance(rd);
-            if let Some(commit) = light.commit_index() {
-                self.node.mut_store().set_commit(commit);
+            if !records.is_empty() {
+                let appends = self.append_to_wal(records).into();
+                self.persisting.push_back(PendingPersist {
+                    number: rd.number(),
+                    appends,
+                });
             }
-            let committed = light.take_committed_entries();
-            self.apply(committed).await?;
-            self.node.advance_apply();
+            self.node.mut_store().append(rd.entries());
+            self.node.advance_append_async(rd);
             self.shared
                 .term
                 .store(self.node.raft.term, Ordering::Relaxed);
@@ -444,6 +513,15 @@ impl RaftShard {
                 .leader
                 .store(self.node.raft.leader_id, Ordering::Relaxed);
         }
+        Ok(())
+    }
+
+    /// Applies the committed entries collected by [`Self::process_ready`] and answers their
+    /// proposers.
+    async fn apply_committed(&mut self) -> Result<(), String> {
+        let committed = std::mem::take(&mut self.committed);
+        self.apply(committed).await?;
+        self.node.advance_apply();
         Ok(())
     }
 
@@ -511,10 +589,15 @@ impl RaftShard {
             }
         }
         let applied = self.applier.applied_index();
+        if let Some(commit) = self.read_commit_index() {
+            for (waiting_for, _) in &mut self.read_waiters {
+                waiting_for.get_or_insert(commit);
+            }
+        }
         let (ready, waiting): (Vec<_>, Vec<_>) = self
             .read_waiters
             .drain(..)
-            .partition(|(commit, _)| *commit <= applied);
+            .partition(|(commit, _)| commit.is_some_and(|c| c <= applied));
         self.read_waiters = waiting;
         for (_, reply) in ready {
             let _ = reply.send(Ok(applied));
@@ -522,17 +605,26 @@ impl RaftShard {
         Ok(())
     }
 
+    /// The commit index a linearizable read must see applied, or `None` while the leader has
+    /// not yet committed an entry of its current term.
+    fn read_commit_index(&self) -> Option<u64> {
+        let raft = &self.node.raft;
+        raft.commit_to_current_term()
+            .then_some(raft.raft_log.committed)
+    }
+
     async fn maybe_sync_and_release(&mut self, force: bool) -> Result<(), String> {
         // Physical compaction proceeds in bounded steps between client batches.
         if !self.compaction_waiters.is_empty() || !self.applier.compaction_done() {
             self.apply(Vec::new()).await?;
         }
-        let Some(durable) = self
-            .applier
-            .maybe_sync(force)
-            .await
-            .map_err(|e| format!("backend sync failed: {e}"))?
-        else {
+        let durable = if force {
+            self.applier.sync_all().await
+        } else {
+            self.applier.background_sync()
+        }
+        .map_err(|e| format!("backend sync failed: {e}"))?;
+        let Some(durable) = durable else {
             return Ok(());
         };
         let store = self.node.mut_store();

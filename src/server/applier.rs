@@ -7,7 +7,10 @@
 //! replayed, and because the applied index commits atomically with the changes, each entry
 //! is applied exactly once.
 
+use std::rc::Rc;
 use std::time::{Duration, Instant};
+
+use futures::channel::oneshot;
 
 use crate::api::decode_proposal;
 use crate::backend::{self, Backend};
@@ -53,7 +56,7 @@ pub struct AppliedResult {
 
 /// The single writer of the backend. Lives on the raft shard's executor.
 pub struct Applier {
-    backend: Backend,
+    backend: Rc<Backend>,
     limits: Limits,
     quota_bytes: u64,
     applied_index: u64,
@@ -63,6 +66,9 @@ pub struct Applier {
     compaction_done: bool,
     synced_index: u64,
     last_sync: Instant,
+    /// A backend sync running in a background task: the applied index it makes durable and
+    /// where its result arrives.
+    sync_in_flight: Option<(u64, oneshot::Receiver<backend::Result<u64>>)>,
 }
 
 impl Applier {
@@ -77,7 +83,7 @@ impl Applier {
             (index, term, rev, compacted, done)
         };
         Ok(Applier {
-            backend,
+            backend: Rc::new(backend),
             limits,
             quota_bytes,
             applied_index,
@@ -87,6 +93,7 @@ impl Applier {
             compaction_done,
             synced_index: applied_index,
             last_sync: Instant::now(),
+            sync_in_flight: None,
         })
     }
 
@@ -227,21 +234,74 @@ impl Applier {
         Ok(taken)
     }
 
-    /// Syncs the backend if enough time or entries have passed (or `force`); returns the
-    /// applied index now durable in the backend if a sync ran.
-    pub async fn maybe_sync(&mut self, force: bool) -> backend::Result<Option<u64>> {
-        let due = force
-            || self.applied_index - self.synced_index >= BACKEND_SYNC_ENTRIES
+    /// Starts a backend sync in a background task when one is due (enough time or entries
+    /// since the last) and none is running, so the raft loop keeps proposing, persisting and
+    /// applying during the backend's fdatasyncs (the backend allows publishes while a sync
+    /// runs: the sync covers the snapshot published when it began). Returns the applied index
+    /// a background sync made durable if one finished since the last call.
+    pub fn background_sync(&mut self) -> backend::Result<Option<u64>> {
+        let mut durable = None;
+        if let Some((index, rx)) = &mut self.sync_in_flight {
+            match rx.try_recv() {
+                Ok(None) => return Ok(None),
+                Ok(Some(result)) => {
+                    let index = *index;
+                    self.sync_in_flight = None;
+                    result?;
+                    self.synced_index = index;
+                    durable = Some(index);
+                }
+                Err(oneshot::Canceled) => {
+                    self.sync_in_flight = None;
+                    return Err(sync_task_lost());
+                }
+            }
+        }
+        let due = self.applied_index - self.synced_index >= BACKEND_SYNC_ENTRIES
             || (self.applied_index > self.synced_index
                 && self.last_sync.elapsed() >= BACKEND_SYNC_INTERVAL);
-        if !due {
-            return Ok(None);
+        if due {
+            let (tx, rx) = oneshot::channel();
+            let backend = self.backend.clone();
+            glommio::spawn_local(async move {
+                let _ = tx.send(backend.sync().await);
+            })
+            .detach();
+            self.sync_in_flight = Some((self.applied_index, rx));
+            self.last_sync = Instant::now();
         }
-        let index = self.applied_index;
-        self.backend.sync().await?;
-        self.synced_index = index;
-        self.last_sync = Instant::now();
-        Ok(Some(index))
+        Ok(durable)
+    }
+
+    /// Waits for a background sync, then makes everything applied durable in the backend;
+    /// returns the applied index now durable if anything was synced.
+    pub async fn sync_all(&mut self) -> backend::Result<Option<u64>> {
+        let mut durable = None;
+        if let Some((index, rx)) = self.sync_in_flight.take() {
+            match rx.await {
+                Ok(result) => {
+                    result?;
+                    self.synced_index = index;
+                    durable = Some(index);
+                }
+                Err(oneshot::Canceled) => return Err(sync_task_lost()),
+            }
+        }
+        if self.applied_index > self.synced_index {
+            let index = self.applied_index;
+            self.backend.sync().await?;
+            self.synced_index = index;
+            self.last_sync = Instant::now();
+            durable = Some(index);
+        }
+        Ok(durable)
+    }
+}
+
+fn sync_task_lost() -> backend::Error {
+    backend::Error::Io {
+        context: "waiting for the background backend sync".into(),
+        source: std::io::Error::other("the sync task ended without a result"),
     }
 }
 
