@@ -9,6 +9,7 @@ pub mod backend;
 pub mod client;
 pub mod log;
 pub mod mvcc;
+pub mod net;
 pub mod raft;
 pub mod server;
 pub mod wal;

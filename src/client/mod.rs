@@ -299,9 +299,11 @@ impl Client {
         let mut options = capnp::message::ReaderOptions::new();
         options.nesting_limit(api::MAX_MESSAGE_NESTING);
         options.traversal_limit_in_words(Some(MAX_RESPONSE_BYTES / 8));
+        let (writer, flusher) = crate::net::CoalescingWriter::new(writer);
+        self.runtime.spawn_local(flusher);
         let network = twoparty::VatNetwork::new(
             futures::io::BufReader::new(reader),
-            futures::io::BufWriter::new(writer),
+            writer,
             Side::Client,
             options,
         );

@@ -236,9 +236,11 @@ async fn serve(
                     // The transport refuses (and disconnects) only far beyond the request
                     // limit; anything in between gets a clear "request too large" answer.
                     options.traversal_limit_in_words(Some(max_request_bytes / 8 * 2 + (1 << 16)));
+                    let (writer, flusher) = crate::net::CoalescingWriter::new(writer);
+                    glommio::spawn_local(flusher).detach();
                     let network = twoparty::VatNetwork::new(
                         futures::io::BufReader::with_capacity(CONNECTION_BUFFER_BYTES, reader),
-                        futures::io::BufWriter::with_capacity(CONNECTION_BUFFER_BYTES, writer),
+                        writer,
                         Side::Server,
                         options,
                     );
