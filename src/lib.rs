@@ -12,6 +12,7 @@ pub mod mvcc;
 pub mod raft;
 pub mod server;
 pub mod wal;
+pub mod watch;
 
 /// Code generated from `schema/` by `cargo run -p corekv-xtask -- capnp` (checked in, so
 /// the build needs no `capnp` compiler; CI verifies it is fresh).
