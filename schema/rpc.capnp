@@ -216,10 +216,82 @@ interface Maintenance {
   status @0 () -> (result :StatusResult);
 }
 
+# ---------------------------------------------------------------- Watch
+#
+# A client opens one watch stream per connection, handing the server a WatchSink; the server
+# pushes every response to it with Cap'n Proto streaming (flow-controlled: the server never
+# sends faster than the connection's window allows). One stream carries many watchers.
+# Semantics follow etcd's WatchCreateRequest / WatchResponse: ordered, unique, reliable,
+# atomic (one revision is never split unless `fragment`), resumable, bookmarkable.
+
+enum WatchFilter {
+  noPut @0;               # drop put events
+  noDelete @1;            # drop delete events
+}
+
+struct WatchCreateRequest {
+  key @0 :Data;
+  rangeEnd @1 :Data;      # same conventions as RangeRequest.rangeEnd
+  startRevision @2 :Int64;  # <= 0: from the next revision; otherwise from this one (may be past)
+  progressNotify @3 :Bool;  # periodic empty responses while synced (--watch-progress-notify-interval)
+  filters @4 :List(WatchFilter);
+  prevKv @5 :Bool;        # events carry the key's previous version (if still available)
+  watchId @6 :Int64;      # 0: server-assigned; otherwise unique per stream (watchIdExists)
+  fragment @7 :Bool;      # split a revision larger than the response limit across responses
+}
+
+enum WatchEventType {
+  put @0;
+  delete @1;
+}
+
+struct WatchEvent {
+  type @0 :WatchEventType;
+  kv @1 :KeyValue;        # delete: key and modRevision (the delete's revision) only
+  prevKv @2 :KeyValue;    # set only if the watcher asked for it and the key existed
+  hasPrevKv @3 :Bool;
+}
+
+struct WatchResponse {
+  header @0 :ResponseHeader;
+  # revision: for events, the revision of the last event; for a progress notification,
+  # every event up to it has been delivered.
+  watchId @1 :Int64;      # -1 on a stream-wide progress response (requestProgress)
+  created @2 :Bool;       # the watcher exists; always precedes its events
+  canceled @3 :Bool;      # the watcher is gone; no response for it follows
+  compactRevision @4 :Int64;  # set with `canceled` when the start revision was compacted
+  cancelReason @5 :Text;
+  fragment @6 :Bool;      # more fragments of this revision follow
+  events @7 :List(WatchEvent);
+}
+
+interface WatchSink {
+  # Implemented by the client; the server streams responses into it.
+  send @0 (response :WatchResponse) -> stream;
+}
+
+struct WatchCreateResult { union { ok @0 :Int64; err @1 :Error; } }   # ok: the watch id
+struct WatchCancelResult { union { ok @0 :Void; err @1 :Error; } }
+
+interface WatchStream {
+  create @0 (request :WatchCreateRequest) -> (result :WatchCreateResult);
+  # The result answers the call; the sink also receives a `created` response before any event.
+  cancel @1 (watchId :Int64) -> (result :WatchCancelResult);
+  # The sink receives a `canceled` response after the watcher's last event.
+  requestProgress @2 () -> ();
+  # The sink receives a progress response (watchId -1) once every watcher of the stream is synced.
+}
+
+interface Watch {
+  open @0 (sink :WatchSink) -> (stream :WatchStream);
+  # Dropping the returned stream cancels all its watchers.
+}
+
 # ---------------------------------------------------------------- bootstrap
 
 interface CoreKv {
   # The capability a client receives on connect; each method hands out one service.
   kv @0 () -> (kv :KV);
   maintenance @1 () -> (maintenance :Maintenance);
+  watch @2 () -> (watch :Watch);
 }

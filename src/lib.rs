@@ -13,6 +13,7 @@ pub mod net;
 pub mod raft;
 pub mod server;
 pub mod wal;
+pub mod watch;
 
 /// Code generated from `schema/` by `cargo run -p corekv-xtask -- capnp` (checked in, so
 /// the build needs no `capnp` compiler; CI verifies it is fresh).

@@ -6,11 +6,12 @@
 mod backend;
 mod server;
 mod wal;
+mod watch;
 
 use std::process::ExitCode;
 
 fn usage() -> &'static str {
-    "usage: corekv-bench <put|range|backend|wal> [options]   (corekv-bench <cmd> --help for options)"
+    "usage: corekv-bench <put|range|backend|wal|watch-latency> [options]   (corekv-bench <cmd> --help for options)"
 }
 
 fn main() -> ExitCode {
@@ -24,6 +25,7 @@ fn main() -> ExitCode {
         "put" | "range" => server::run(&cmd, &rest),
         "backend" => backend::run(&rest),
         "wal" => wal::run(&rest),
+        "watch-latency" => watch::run(&rest),
         "-h" | "--help" | "help" => {
             println!("{}", usage());
             Ok(())

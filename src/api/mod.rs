@@ -5,6 +5,8 @@
 //! union member), never panics; nesting depth and total size are bounded by the reader
 //! options the caller sets on the message.
 
+pub mod watch;
+
 use capnp::Error as CapnpError;
 
 use crate::generated::proposal_capnp::proposal;

@@ -7,6 +7,7 @@
 //! endpoints in turn. Calls are never retried automatically (a write may have been applied).
 
 pub mod txn;
+pub mod watch;
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
@@ -194,6 +195,8 @@ pub struct Status {
 }
 
 struct Connection {
+    /// The bootstrap capability (hands out further services, e.g. watch).
+    bootstrap: core_kv::Client,
     kv: k_v::Client,
     maintenance: maintenance::Client,
     alive: Rc<Cell<bool>>,
@@ -336,6 +339,7 @@ impl Client {
             .with_timeout(self.options.connect_timeout, setup)
             .await?;
         Ok(Connection {
+            bootstrap,
             kv,
             maintenance,
             alive,

@@ -13,6 +13,7 @@
 //!   backend write transaction and collects their events.
 
 pub mod encoding;
+pub mod history;
 pub mod read;
 pub mod store;
 pub mod types;

@@ -147,6 +147,8 @@ pub struct NodeConfig {
     pub wal: wal::Options,
     /// Backend options.
     pub backend: backend::Options,
+    /// Where applied events go (every shard's watch hub); None: nowhere.
+    pub watch: Option<crate::watch::FanOut>,
 }
 
 /// Everything the raft shard owns: the raft node, the WAL, the applier and the waiters.
@@ -213,8 +215,11 @@ impl RaftShard {
             .await
             .map_err(|e| format!("open backend: {e}"))?;
         let reader = backend.reader();
-        let applier = Applier::new(backend, config.limits.clone(), config.quota_backend_bytes)
+        let mut applier = Applier::new(backend, config.limits.clone(), config.quota_backend_bytes)
             .map_err(|e| format!("read backend state: {e}"))?;
+        if let Some(fan_out) = config.watch.clone() {
+            applier.set_watch_fan_out(fan_out);
+        }
         let ids = config.ids;
         let mut store = LogStore::new(ids.member_id);
         let (wal, info) = Wal::open(&config.data_dir, config.wal.clone(), |r| store.recover(r))

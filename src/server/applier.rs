@@ -69,6 +69,8 @@ pub struct Applier {
     /// A backend sync running in a background task: the applied index it makes durable and
     /// where its result arrives.
     sync_in_flight: Option<(u64, oneshot::Receiver<backend::Result<u64>>)>,
+    /// Where each published batch's events go (every shard's watch hub).
+    watch: Option<crate::watch::FanOut>,
 }
 
 impl Applier {
@@ -94,7 +96,13 @@ impl Applier {
             synced_index: applied_index,
             last_sync: Instant::now(),
             sync_in_flight: None,
+            watch: None,
         })
+    }
+
+    /// Sends every batch published from now on to `fan_out` (the shards' watch hubs).
+    pub fn set_watch_fan_out(&mut self, fan_out: crate::watch::FanOut) {
+        self.watch = Some(fan_out);
     }
 
     /// The backend (readers, stats, check).
@@ -160,6 +168,8 @@ impl Applier {
         let mut taken = 0;
         let over_quota = self.backend.stats().in_use_bytes > self.quota_bytes;
         let mut wtxn = self.backend.begin_write()?;
+        let prev_revision = self.revision;
+        let mut events = Vec::new();
         let (last_index, last_term, revision, compacted, done) = {
             let mut batch = WriteBatch::begin(&mut wtxn, self.limits.clone())?;
             let mut last = (self.applied_index, self.applied_term);
@@ -191,11 +201,14 @@ impl Applier {
                             (id, Err(e))
                         } else {
                             let (result, _) = batch.apply(&req);
-                            written += batch
-                                .take_events()
+                            let applied = batch.take_events();
+                            written += applied
                                 .iter()
                                 .map(|e| e.kv.key.len() + e.kv.value.len())
                                 .sum::<usize>();
+                            if self.watch.is_some() {
+                                events.extend(applied);
+                            }
                             if let Err(e) = &result {
                                 if e.code == ErrorCode::Internal {
                                     // A backend failure mid-transaction: abandon the whole batch.
@@ -226,6 +239,14 @@ impl Applier {
             (last.0, last.1, batch.revision(), batch.compacted(), done)
         };
         wtxn.publish().await?;
+        if let Some(watch) = &self.watch {
+            // After publish: a hub's snapshot is never behind the batches it has received.
+            watch.publish(crate::watch::AppliedBatch::new(
+                prev_revision,
+                revision,
+                events,
+            ));
+        }
         self.applied_index = last_index;
         self.applied_term = last_term;
         self.revision = revision;

@@ -59,6 +59,9 @@ pub struct Flags {
     /// Log verbosity.
     #[arg(long, value_enum, default_value_t = LogLevel::Info)]
     pub log_level: LogLevel,
+    /// Interval of progress notifications to watchers that ask for them (e.g. 10m, 5s, 100ms).
+    #[arg(long, default_value = "10m", value_parser = crate::watch::parse_duration)]
+    pub watch_progress_notify_interval: std::time::Duration,
 }
 
 /// Validated server configuration.
@@ -80,6 +83,8 @@ pub struct Config {
     pub quota_backend_bytes: u64,
     /// Log verbosity.
     pub log_level: LogLevel,
+    /// Interval of watch progress notifications.
+    pub watch_progress_notify_interval: std::time::Duration,
 }
 
 impl Config {
@@ -94,6 +99,7 @@ impl Config {
             max_txn_ops: crate::mvcc::store::DEFAULT_MAX_TXN_OPS,
             quota_backend_bytes: DEFAULT_QUOTA_BACKEND_BYTES,
             log_level: LogLevel::Info,
+            watch_progress_notify_interval: crate::watch::DEFAULT_PROGRESS_NOTIFY_INTERVAL,
         }
     }
 
@@ -151,6 +157,7 @@ impl Config {
                 flags.quota_backend_bytes
             },
             log_level: flags.log_level,
+            watch_progress_notify_interval: flags.watch_progress_notify_interval,
         })
     }
 }

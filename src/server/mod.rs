@@ -8,6 +8,7 @@
 pub mod applier;
 pub mod config;
 pub mod service;
+pub mod watch_service;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -59,6 +60,9 @@ pub fn start(config: Config) -> Result<RunningServer, String> {
     let (stop0_tx, stop0_rx) = oneshot::channel::<()>();
     let cores = config::available_cores();
     let mut threads = Vec::new();
+    let (fan_out, inboxes) = crate::watch::fan_out(config.shards);
+    let mut inboxes = inboxes.into_iter();
+    let progress_interval = config.watch_progress_notify_interval;
 
     let node_config = NodeConfig {
         data_dir: config.data_dir.clone(),
@@ -69,10 +73,12 @@ pub fn start(config: Config) -> Result<RunningServer, String> {
         quota_backend_bytes: config.quota_backend_bytes,
         wal: crate::wal::Options::default(),
         backend: crate::backend::Options::default(),
+        watch: Some(fan_out),
     };
     let shard0 = {
         let config = config.clone();
         let raft_tx = raft_tx.clone();
+        let inbox = inboxes.next().expect("one inbox per shard");
         LocalExecutorBuilder::new(Placement::Fixed(0))
             .name("corekv-shard-0")
             .spin_before_park(SPIN_BEFORE_PARK)
@@ -96,6 +102,15 @@ pub fn start(config: Config) -> Result<RunningServer, String> {
                     .iter()
                     .map(|l| l.local_addr().expect("bound listener has an address"))
                     .collect();
+                let watch = match crate::watch::hub::spawn(reader.clone(), inbox, progress_interval)
+                {
+                    Ok(h) => h,
+                    Err(e) => {
+                        let e = format!("start watch hub of shard 0: {e}");
+                        let _ = ready_tx.send(Err(e.clone()));
+                        return Err(e);
+                    }
+                };
                 let raft_task = glommio::spawn_local(raft.run(raft_rx, raft_stop_rx));
                 let ctx = Rc::new(ShardContext {
                     shard: 0,
@@ -104,6 +119,7 @@ pub fn start(config: Config) -> Result<RunningServer, String> {
                     shared: shared.clone(),
                     ids,
                     max_request_bytes: config.max_request_bytes,
+                    watch,
                 });
                 let _ = ready_tx.send(Ok(RaftShardReady {
                     reader,
@@ -137,11 +153,14 @@ pub fn start(config: Config) -> Result<RunningServer, String> {
         let shared = ready.shared.clone();
         let raft_tx = raft_tx.clone();
         let max_request_bytes = config.max_request_bytes;
+        let inbox = inboxes.next().expect("one inbox per shard");
         let handle = LocalExecutorBuilder::new(Placement::Fixed(shard % cores))
             .name(&format!("corekv-shard-{shard}"))
             .spin_before_park(SPIN_BEFORE_PARK)
             .spawn(move || async move {
                 let listeners = bind_all(&addrs)?;
+                let watch = crate::watch::hub::spawn(reader.clone(), inbox, progress_interval)
+                    .map_err(|e| format!("start watch hub of shard {shard}: {e}"))?;
                 let ctx = Rc::new(ShardContext {
                     shard,
                     reader,
@@ -149,6 +168,7 @@ pub fn start(config: Config) -> Result<RunningServer, String> {
                     shared,
                     ids,
                     max_request_bytes,
+                    watch,
                 });
                 serve(listeners, ctx, max_request_bytes, stop_rx).await;
                 Ok(())

@@ -34,6 +34,8 @@ pub struct ShardContext {
     pub ids: Ids,
     /// Largest request accepted, bytes.
     pub max_request_bytes: usize,
+    /// This shard's watch hub.
+    pub watch: crate::watch::hub::SharedHub,
 }
 
 fn unavailable() -> Error {
@@ -44,7 +46,8 @@ fn unavailable() -> Error {
 }
 
 impl ShardContext {
-    fn header(&self, revision: Revision) -> Header {
+    /// A response header at `revision` with this member's ids and term.
+    pub fn header(&self, revision: Revision) -> Header {
         Header {
             cluster_id: self.ids.cluster_id,
             member_id: self.ids.member_id,
@@ -158,6 +161,17 @@ impl core_kv::Server for CoreKvService {
         results.get().set_kv(capnp_rpc::new_client(KvService {
             ctx: self.ctx.clone(),
         }));
+        std::future::ready(Ok(()))
+    }
+
+    fn watch(
+        self: Rc<Self>,
+        _: core_kv::WatchParams,
+        mut results: core_kv::WatchResults,
+    ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
+        results.get().set_watch(capnp_rpc::new_client(
+            super::watch_service::WatchService::new(self.ctx.clone()),
+        ));
         std::future::ready(Ok(()))
     }
 

@@ -8,6 +8,7 @@
 mod output;
 mod requests;
 mod txn_input;
+mod watch;
 
 use std::io::{Read, Write};
 use std::os::unix::ffi::OsStringExt;
@@ -117,6 +118,8 @@ enum Command {
     /// Commands about the endpoints given with --endpoints.
     #[command(subcommand)]
     Endpoint(EndpointCommand),
+    /// Print the events on a key, range or prefix until interrupted.
+    Watch(watch::WatchArgs),
 }
 
 #[derive(Args, Debug)]
@@ -154,6 +157,8 @@ enum Prepared {
     Status,
     /// `endpoint health`.
     Health,
+    /// `watch`: runs until interrupted.
+    Watch(corekv::client::watch::WatchRequest),
 }
 
 /// A KV request and how to print its response.
@@ -216,6 +221,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Txn(_) => "txn",
         Command::Compaction(_) => "compaction",
         Command::Endpoint(_) => "endpoint",
+        Command::Watch(_) => "watch",
     };
     // etcdctl renders tables only for the endpoint commands; `compaction` prints its one
     // line whatever the format.
@@ -278,6 +284,7 @@ fn prepare(command: Command, format: Format) -> Result<Prepared, Failure> {
         }),
         Command::Endpoint(EndpointCommand::Status) => Prepared::Status,
         Command::Endpoint(EndpointCommand::Health) => Prepared::Health,
+        Command::Watch(args) => Prepared::Watch(watch::watch_request(&args)?),
     })
 }
 
@@ -338,6 +345,10 @@ async fn execute(
         Prepared::Kv(op) => op,
         Prepared::Status => return endpoint_status(&endpoints, &options, format).await,
         Prepared::Health => return endpoint_health(&endpoints, &options, format).await,
+        Prepared::Watch(req) => {
+            let client = connect(&endpoints, &options).await?;
+            return watch::run(&client, req, format, simple).await;
+        }
     };
     let client = connect(&endpoints, &options).await?;
     let json = format == Format::Json;
