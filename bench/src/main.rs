@@ -4,13 +4,14 @@
 //! next to the others but is written independently.
 
 mod backend;
+mod lease;
 mod server;
 mod wal;
 
 use std::process::ExitCode;
 
 fn usage() -> &'static str {
-    "usage: corekv-bench <put|range|backend|wal> [options]   (corekv-bench <cmd> --help for options)"
+    "usage: corekv-bench <put|range|backend|wal|lease-keepalive> [options]   (corekv-bench <cmd> --help for options)"
 }
 
 fn main() -> ExitCode {
@@ -24,6 +25,7 @@ fn main() -> ExitCode {
         "put" | "range" => server::run(&cmd, &rest),
         "backend" => backend::run(&rest),
         "wal" => wal::run(&rest),
+        "lease-keepalive" => lease::run(&rest),
         "-h" | "--help" | "help" => {
             println!("{}", usage());
             Ok(())

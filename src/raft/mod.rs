@@ -30,6 +30,8 @@ use storage::LogStore;
 
 /// Interval of raft's logical clock.
 pub const TICK_INTERVAL: Duration = Duration::from_millis(100);
+/// Election timeout in ticks (also the base of the minimum lease TTL, as in etcd).
+pub const ELECTION_TICK: usize = 10;
 /// Proposals taken from the queue before the loop processes a Ready.
 pub const MAX_PROPOSALS_PER_READY: usize = 4096;
 /// Capacity of the queue from the shards to the raft shard (senders wait when it is full).
@@ -160,6 +162,7 @@ pub struct RaftShard {
     next_id: u64,
     last_tick: Instant,
     wal_max_batch_bytes: usize,
+    lease_sink: Option<crate::lease::LeaseSink>,
 }
 
 impl RaftShard {
@@ -216,7 +219,7 @@ impl RaftShard {
         );
         let raft_config = ::raft::Config {
             id: ids.member_id,
-            election_tick: 10,
+            election_tick: ELECTION_TICK,
             heartbeat_tick: 1,
             applied,
             max_size_per_msg: 1 << 20,
@@ -252,9 +255,16 @@ impl RaftShard {
                 next_id: 1,
                 last_tick: Instant::now(),
                 wal_max_batch_bytes,
+                lease_sink: None,
             },
             reader,
         ))
+    }
+
+    /// Where applied lease grants and revokes go: their owner shards' lease tables. They are
+    /// delivered after the batch is published and before any proposer of it is answered.
+    pub fn set_lease_sink(&mut self, sink: crate::lease::LeaseSink) {
+        self.lease_sink = Some(sink);
     }
 
     /// Values shared with the other shards.
@@ -489,6 +499,10 @@ impl RaftShard {
             .apply(&committed)
             .await
             .map_err(|e| format!("apply failed: {e}"))?;
+        let lease_events = self.applier.take_lease_events();
+        if let Some(sink) = &self.lease_sink {
+            sink.deliver(lease_events).await;
+        }
         let term = self.node.raft.term;
         for r in results {
             let Some((reply, wait_compaction)) = self.waiters.remove(&r.proposal_id) else {

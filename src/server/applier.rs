@@ -63,6 +63,7 @@ pub struct Applier {
     compaction_done: bool,
     synced_index: u64,
     last_sync: Instant,
+    lease_events: Vec<mvcc::lease::LeaseEvent>,
 }
 
 impl Applier {
@@ -87,6 +88,7 @@ impl Applier {
             compaction_done,
             synced_index: applied_index,
             last_sync: Instant::now(),
+            lease_events: Vec::new(),
         })
     }
 
@@ -121,6 +123,12 @@ impl Applier {
         self.compaction_done
     }
 
+    /// The lease grants and revokes of every batch published since the last call, in order;
+    /// the raft shard hands them to the owner shards before answering the proposers.
+    pub fn take_lease_events(&mut self) -> Vec<mvcc::lease::LeaseEvent> {
+        std::mem::take(&mut self.lease_events)
+    }
+
     /// Applies `entries` (consecutive, starting right after the applied index; entries at or
     /// below it are skipped, which makes replay idempotent) in one backend transaction and
     /// publishes the result. Returns one result per proposal entry, in order.
@@ -151,6 +159,7 @@ impl Applier {
         results: &mut Vec<AppliedResult>,
     ) -> mvcc::Result<usize> {
         let mut taken = 0;
+        let mut lease_events = Vec::new();
         let over_quota = self.backend.stats().in_use_bytes > self.quota_bytes;
         let mut wtxn = self.backend.begin_write()?;
         let (last_index, last_term, revision, compacted, done) = {
@@ -184,6 +193,7 @@ impl Applier {
                             (id, Err(e))
                         } else {
                             let (result, _) = batch.apply(&req);
+                            lease_events.extend(batch.take_lease_events());
                             written += batch
                                 .take_events()
                                 .iter()
@@ -219,6 +229,7 @@ impl Applier {
             (last.0, last.1, batch.revision(), batch.compacted(), done)
         };
         wtxn.publish().await?;
+        self.lease_events.extend(lease_events);
         self.applied_index = last_index;
         self.applied_term = last_term;
         self.revision = revision;
@@ -258,6 +269,10 @@ fn adds_data(req: &WriteRequest) -> bool {
     match req {
         WriteRequest::Put(_) => true,
         WriteRequest::Txn(t) => ops_add(&t.success) || ops_add(&t.failure),
-        WriteRequest::DeleteRange(_) | WriteRequest::Compact { .. } => false,
+        WriteRequest::LeaseGrant(_) => true,
+        WriteRequest::DeleteRange(_)
+        | WriteRequest::Compact { .. }
+        | WriteRequest::LeaseRevoke { .. }
+        | WriteRequest::LeaseCheckpoint(_) => false,
     }
 }

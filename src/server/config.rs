@@ -2,6 +2,7 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Parser;
 
@@ -59,6 +60,49 @@ pub struct Flags {
     /// Log verbosity.
     #[arg(long, value_enum, default_value_t = LogLevel::Info)]
     pub log_level: LogLevel,
+    /// Smallest lease TTL granted, seconds; smaller requests are raised to it (default as
+    /// etcd derives it: 1.5 election timeouts, rounded up).
+    #[arg(long, default_value_t = default_min_lease_ttl())]
+    pub min_lease_ttl: i64,
+    /// How often each shard checkpoints its leases' remaining TTLs through the log (so a
+    /// restart resumes them): a number with a unit, e.g. 500ms, 30s, 5m.
+    #[arg(long, default_value = "5m")]
+    pub lease_checkpoint_interval: String,
+}
+
+/// Shortest accepted `--lease-checkpoint-interval`.
+pub const MIN_LEASE_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
+
+/// etcd's minimum lease TTL: 1.5 election timeouts (election ticks × tick interval), in whole
+/// seconds rounded up; 2 s with corekv's raft settings.
+pub fn default_min_lease_ttl() -> i64 {
+    let election = crate::raft::TICK_INTERVAL * crate::raft::ELECTION_TICK as u32;
+    let ms = election.as_millis() as i64 * 3 / 2;
+    (ms + 999) / 1000
+}
+
+/// Parses a duration flag: a number followed by `ms`, `s`, `m` or `h`.
+pub fn parse_duration(flag: &str, v: &str) -> Result<Duration, String> {
+    let v = v.trim();
+    let split = v
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{flag}: {v:?} needs a unit (ms, s, m or h)"))?;
+    let (num, unit) = v.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{flag}: {v:?} does not start with a number"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => {
+            return Err(format!(
+                "{flag}: {v:?}: unknown unit {unit:?} (ms, s, m or h)"
+            ))
+        }
+    };
+    Ok(d)
 }
 
 /// Validated server configuration.
@@ -80,6 +124,10 @@ pub struct Config {
     pub quota_backend_bytes: u64,
     /// Log verbosity.
     pub log_level: LogLevel,
+    /// Smallest lease TTL granted, seconds.
+    pub min_lease_ttl: i64,
+    /// Interval of lease checkpoints.
+    pub lease_checkpoint_interval: Duration,
 }
 
 impl Config {
@@ -94,6 +142,8 @@ impl Config {
             max_txn_ops: crate::mvcc::store::DEFAULT_MAX_TXN_OPS,
             quota_backend_bytes: DEFAULT_QUOTA_BACKEND_BYTES,
             log_level: LogLevel::Info,
+            min_lease_ttl: default_min_lease_ttl(),
+            lease_checkpoint_interval: crate::lease::DEFAULT_CHECKPOINT_INTERVAL,
         }
     }
 
@@ -138,6 +188,22 @@ impl Config {
         if flags.max_txn_ops == 0 {
             return Err("--max-txn-ops: must be at least 1".into());
         }
+        if flags.min_lease_ttl < 1 || flags.min_lease_ttl > crate::mvcc::lease::MAX_LEASE_TTL {
+            return Err(format!(
+                "--min-lease-ttl: {} is not in 1..={}",
+                flags.min_lease_ttl,
+                crate::mvcc::lease::MAX_LEASE_TTL
+            ));
+        }
+        let lease_checkpoint_interval = parse_duration(
+            "--lease-checkpoint-interval",
+            &flags.lease_checkpoint_interval,
+        )?;
+        if lease_checkpoint_interval < MIN_LEASE_CHECKPOINT_INTERVAL {
+            return Err(format!(
+                "--lease-checkpoint-interval: {lease_checkpoint_interval:?} is below the minimum of {MIN_LEASE_CHECKPOINT_INTERVAL:?}"
+            ));
+        }
         Ok(Config {
             name: flags.name,
             data_dir: flags.data_dir,
@@ -151,6 +217,8 @@ impl Config {
                 flags.quota_backend_bytes
             },
             log_level: flags.log_level,
+            min_lease_ttl: flags.min_lease_ttl,
+            lease_checkpoint_interval,
         })
     }
 }
@@ -203,5 +271,32 @@ mod tests {
         assert!(parse(&["--max-txn-ops", "0"])
             .unwrap_err()
             .contains("--max-txn-ops"));
+        assert!(parse(&["--min-lease-ttl", "0"])
+            .unwrap_err()
+            .contains("--min-lease-ttl"));
+        for bad in ["5", "5x", "ms", "10ms"] {
+            assert!(parse(&["--lease-checkpoint-interval", bad])
+                .unwrap_err()
+                .contains("--lease-checkpoint-interval"));
+        }
+    }
+
+    #[test]
+    fn lease_flags() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(
+            c.min_lease_ttl, 2,
+            "etcd's derivation with 10 ticks of 100 ms"
+        );
+        assert_eq!(c.lease_checkpoint_interval, Duration::from_secs(300));
+        let c = parse(&[
+            "--min-lease-ttl",
+            "1",
+            "--lease-checkpoint-interval",
+            "500ms",
+        ])
+        .unwrap();
+        assert_eq!(c.min_lease_ttl, 1);
+        assert_eq!(c.lease_checkpoint_interval, Duration::from_millis(500));
     }
 }

@@ -5,6 +5,7 @@
 //! Input (a value or a transaction on stdin) is read and checked completely before the
 //! first connection is made, so a malformed command never reaches the server.
 
+mod lease;
 mod output;
 mod requests;
 mod txn_input;
@@ -117,6 +118,9 @@ enum Command {
     /// Commands about the endpoints given with --endpoints.
     #[command(subcommand)]
     Endpoint(EndpointCommand),
+    /// Lease commands: grant, revoke, keep-alive, timetolive, list.
+    #[command(subcommand)]
+    Lease(lease::LeaseCommand),
 }
 
 #[derive(Args, Debug)]
@@ -154,6 +158,8 @@ enum Prepared {
     Status,
     /// `endpoint health`.
     Health,
+    /// A lease command.
+    Lease(lease::LeaseOp),
 }
 
 /// A KV request and how to print its response.
@@ -216,6 +222,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Txn(_) => "txn",
         Command::Compaction(_) => "compaction",
         Command::Endpoint(_) => "endpoint",
+        Command::Lease(_) => "lease",
     };
     // etcdctl renders tables only for the endpoint commands; `compaction` prints its one
     // line whatever the format.
@@ -278,6 +285,7 @@ fn prepare(command: Command, format: Format) -> Result<Prepared, Failure> {
         }),
         Command::Endpoint(EndpointCommand::Status) => Prepared::Status,
         Command::Endpoint(EndpointCommand::Health) => Prepared::Health,
+        Command::Lease(cmd) => Prepared::Lease(lease::prepare(cmd)?),
     })
 }
 
@@ -338,6 +346,10 @@ async fn execute(
         Prepared::Kv(op) => op,
         Prepared::Status => return endpoint_status(&endpoints, &options, format).await,
         Prepared::Health => return endpoint_health(&endpoints, &options, format).await,
+        Prepared::Lease(op) => {
+            let client = connect(&endpoints, &options).await?;
+            return lease::execute(&client, op, format).await;
+        }
     };
     let client = connect(&endpoints, &options).await?;
     let json = format == Format::Json;
