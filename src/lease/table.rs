@@ -237,7 +237,8 @@ mod tests {
             Vec::<i64>::new()
         );
         assert_eq!(t.remaining(2, t0 + Duration::from_secs(6)), Some((5, 3)));
-        assert_eq!(t.pop_expired(t0 + Duration::from_secs(10), 10), vec![1, 2]);
+        // Earliest deadline first: lease 2 (kept alive until 9 s), then lease 1 (10 s).
+        assert_eq!(t.pop_expired(t0 + Duration::from_secs(10), 10), vec![2, 1]);
         // Expired: keep-alive refused, retried after the interval, gone once removed.
         assert_eq!(t.keep_alive(1, t0 + Duration::from_secs(10)), None);
         assert!(t.pop_expired(t0 + Duration::from_secs(11), 10).is_empty());
