@@ -14,5 +14,15 @@ struct Proposal {
     deleteRange @2 :Rpc.DeleteRangeRequest;
     txn @3 :Rpc.TxnRequest;
     compact @4 :Int64;
+    leaseGrant @5 :Rpc.LeaseGrantRequest;
+    # The applier picks the id when it is 0 (a persisted counter: never reused).
+    leaseRevoke @6 :Int64;
+    leaseCheckpoint @7 :List(LeaseCheckpoint);
   }
+}
+
+struct LeaseCheckpoint {
+  # The remaining TTL of a lease as its owner shard saw it; a restart resumes from it.
+  id @0 :Int64;
+  remainingTtl @1 :Int64;
 }

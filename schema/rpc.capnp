@@ -287,6 +287,83 @@ interface Watch {
   # Dropping the returned stream cancels all its watchers.
 }
 
+# ---------------------------------------------------------------- Lease
+#
+# etcd's lease API. TTLs are in seconds. A lease id is a positive Int64 (0 = none). Lease
+# state is partitioned across the server's shards by id; keep-alives refresh it in memory on
+# the owner shard (no log write per keep-alive); grant, revoke and periodic checkpoints of
+# the remaining TTLs go through the log.
+
+struct LeaseGrantRequest {
+  ttl @0 :Int64;          # requested TTL; raised to the server's minimum, > 9e9 s is refused
+  id @1 :Int64;           # 0: the server picks a fresh id (never one used before)
+}
+
+struct LeaseGrantResponse {
+  header @0 :ResponseHeader;
+  id @1 :Int64;
+  ttl @2 :Int64;          # the TTL granted (after raising to the minimum)
+}
+
+struct LeaseRevokeRequest {
+  id @0 :Int64;
+}
+
+struct LeaseRevokeResponse {
+  header @0 :ResponseHeader;
+}
+
+struct LeaseKeepAliveResponse {
+  header @0 :ResponseHeader;
+  ttls @1 :List(Int64);
+  # One per requested id, in order: the lease's granted TTL after the refresh, or 0 if the
+  # lease does not exist (revoked or expired), as etcd answers a keep-alive of a lost lease.
+  forwarded @2 :UInt32;
+  # How many of the ids are owned by another shard than the one serving this stream (their
+  # keep-alives were forwarded there): a diagnostic of the partitioning.
+}
+
+struct LeaseTimeToLiveRequest {
+  id @0 :Int64;
+  keys @1 :Bool;          # also list the keys attached to the lease
+}
+
+struct LeaseTimeToLiveResponse {
+  header @0 :ResponseHeader;
+  id @1 :Int64;
+  ttl @2 :Int64;          # remaining seconds; -1 if the lease does not exist (as etcd)
+  grantedTtl @3 :Int64;
+  keys @4 :List(Data);    # attached keys in key order (if requested), bounded in size
+  moreKeys @5 :Bool;      # the key list was cut at the server's limit
+}
+
+struct LeaseLeasesResponse {
+  header @0 :ResponseHeader;
+  leases @1 :List(Int64); # every lease id, ascending
+}
+
+struct LeaseGrantResult { union { ok @0 :LeaseGrantResponse; err @1 :Error; } }
+struct LeaseRevokeResult { union { ok @0 :LeaseRevokeResponse; err @1 :Error; } }
+struct LeaseKeepAliveResult { union { ok @0 :LeaseKeepAliveResponse; err @1 :Error; } }
+struct LeaseTimeToLiveResult { union { ok @0 :LeaseTimeToLiveResponse; err @1 :Error; } }
+struct LeaseLeasesResult { union { ok @0 :LeaseLeasesResponse; err @1 :Error; } }
+
+interface LeaseKeepAliveStream {
+  # One keep-alive stream (etcd's LeaseKeepAlive): a client keeps all its leases alive over
+  # one stream. Calls may be pipelined; each carries many ids (at most the server's
+  # per-message limit) and is answered in order of the ids.
+  keepAlive @0 (ids :List(Int64)) -> (result :LeaseKeepAliveResult);
+}
+
+interface Lease {
+  grant @0 (request :LeaseGrantRequest) -> (result :LeaseGrantResult);
+  revoke @1 (request :LeaseRevokeRequest) -> (result :LeaseRevokeResult);
+  # Deletes every key attached to the lease, in one revision.
+  keepAliveStream @2 () -> (stream :LeaseKeepAliveStream);
+  timeToLive @3 (request :LeaseTimeToLiveRequest) -> (result :LeaseTimeToLiveResult);
+  leases @4 () -> (result :LeaseLeasesResult);
+}
+
 # ---------------------------------------------------------------- bootstrap
 
 interface CoreKv {
@@ -294,4 +371,5 @@ interface CoreKv {
   kv @0 () -> (kv :KV);
   maintenance @1 () -> (maintenance :Maintenance);
   watch @2 () -> (watch :Watch);
+  lease @3 () -> (lease :Lease);
 }

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod backend;
 pub mod client;
+pub mod lease;
 pub mod log;
 pub mod mvcc;
 pub mod net;

@@ -38,6 +38,17 @@ async fn send(
             .compact(*revision, physical)
             .await
             .map(|h| (WriteResponse::Compact, h.revision)),
+        WriteRequest::LeaseGrant(g) => c
+            .lease_grant(g.ttl, g.id)
+            .await
+            .map(|(id, ttl, h)| (WriteResponse::LeaseGrant { id, ttl }, h.revision)),
+        WriteRequest::LeaseRevoke { id } => c
+            .lease_revoke(*id)
+            .await
+            .map(|h| (WriteResponse::LeaseRevoke, h.revision)),
+        WriteRequest::LeaseCheckpoint(_) => {
+            panic!("checkpoints are proposed by the server's lease shards, not by clients")
+        }
     };
     match out {
         Ok((r, rev)) => (Ok(r), Some(rev)),

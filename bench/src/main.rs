@@ -4,6 +4,7 @@
 //! next to the others but is written independently.
 
 mod backend;
+mod lease;
 mod server;
 mod wal;
 mod watch;
@@ -11,7 +12,7 @@ mod watch;
 use std::process::ExitCode;
 
 fn usage() -> &'static str {
-    "usage: corekv-bench <put|range|backend|wal|watch-latency> [options]   (corekv-bench <cmd> --help for options)"
+    "usage: corekv-bench <put|range|backend|wal|watch-latency|lease-keepalive> [options]   (corekv-bench <cmd> --help for options)"
 }
 
 fn main() -> ExitCode {
@@ -26,6 +27,7 @@ fn main() -> ExitCode {
         "backend" => backend::run(&rest),
         "wal" => wal::run(&rest),
         "watch-latency" => watch::run(&rest),
+        "lease-keepalive" => lease::run(&rest),
         "-h" | "--help" | "help" => {
             println!("{}", usage());
             Ok(())

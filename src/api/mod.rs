@@ -5,6 +5,7 @@
 //! union member), never panics; nesting depth and total size are bounded by the reader
 //! options the caller sets on the message.
 
+pub mod lease;
 pub mod watch;
 
 use capnp::Error as CapnpError;
@@ -31,6 +32,11 @@ pub fn encode_proposal(id: u64, req: &WriteRequest) -> Vec<u8> {
             WriteRequest::DeleteRange(q) => write_delete_request(q, p.init_delete_range()),
             WriteRequest::Txn(q) => write_txn_request(q, p.init_txn()),
             WriteRequest::Compact { revision } => p.set_compact(*revision),
+            WriteRequest::LeaseGrant(g) => lease::write_grant_request(g, p.init_lease_grant()),
+            WriteRequest::LeaseRevoke { id } => p.set_lease_revoke(*id),
+            WriteRequest::LeaseCheckpoint(cs) => {
+                lease::write_checkpoints(cs, p.init_lease_checkpoint(cs.len() as u32))
+            }
         }
     }
     capnp::serialize::write_message_to_words(&msg)
@@ -50,6 +56,9 @@ pub fn decode_proposal(mut bytes: &[u8]) -> capnp::Result<(u64, WriteRequest)> {
         W::DeleteRange(q) => WriteRequest::DeleteRange(read_delete_request(q?)?),
         W::Txn(q) => WriteRequest::Txn(read_txn_request(q?)?),
         W::Compact(revision) => WriteRequest::Compact { revision },
+        W::LeaseGrant(g) => WriteRequest::LeaseGrant(lease::read_grant_request(g?)),
+        W::LeaseRevoke(id) => WriteRequest::LeaseRevoke { id },
+        W::LeaseCheckpoint(cs) => WriteRequest::LeaseCheckpoint(lease::read_checkpoints(cs?)),
     };
     Ok((p.get_id(), req))
 }

@@ -6,6 +6,7 @@
 //! failing call returns [`ClientError::Transport`] and the next call reconnects, trying the
 //! endpoints in turn. Calls are never retried automatically (a write may have been applied).
 
+pub mod lease;
 pub mod txn;
 pub mod watch;
 
@@ -22,11 +23,14 @@ use capnp_rpc::{twoparty, RpcSystem};
 use futures::{AsyncRead, AsyncWrite, FutureExt};
 
 use crate::api::{self, Header};
-use crate::generated::rpc_capnp::{core_kv, k_v, maintenance};
+use crate::generated::rpc_capnp::{
+    core_kv, k_v, lease as lease_capnp, lease_keep_alive_stream, maintenance,
+};
 use crate::mvcc::{
     DeleteRangeRequest, DeleteRangeResponse, Error, PutRequest, PutResponse, RangeRequest,
     RangeResponse, TxnRequest, TxnResponse,
 };
+pub use lease::KeepAlive;
 pub use txn::Txn;
 
 /// Turns a `result` union (`ok`: a response with a header, or `err`: a typed error) into the
@@ -199,6 +203,9 @@ struct Connection {
     bootstrap: core_kv::Client,
     kv: k_v::Client,
     maintenance: maintenance::Client,
+    lease: lease_capnp::Client,
+    /// The connection's one keep-alive stream (obtained by pipelining, no round trip).
+    keep_alive: lease_keep_alive_stream::Client,
     alive: Rc<Cell<bool>>,
 }
 
@@ -333,15 +340,29 @@ impl Client {
                 .await?
                 .get()?
                 .get_maintenance()?;
-            Ok::<_, ClientError>((kv, maintenance))
+            let lease = bootstrap
+                .lease_request()
+                .send()
+                .promise
+                .await?
+                .get()?
+                .get_lease()?;
+            Ok::<_, ClientError>((kv, maintenance, lease))
         };
-        let (kv, maintenance) = self
+        let (kv, maintenance, lease) = self
             .with_timeout(self.options.connect_timeout, setup)
             .await?;
+        let keep_alive = lease
+            .keep_alive_stream_request()
+            .send()
+            .pipeline
+            .get_stream();
         Ok(Connection {
             bootstrap,
             kv,
             maintenance,
+            lease,
+            keep_alive,
             alive,
         })
     }

@@ -9,11 +9,13 @@
 //!
 //! - [`read`]: ranges and compares over a [`read::KvView`] (a published snapshot or the
 //!   write transaction).
+//! - [`lease`]: the lease trees (leases, attached keys), grant/revoke/checkpoint, reads.
 //! - [`store`]: the applier's [`store::WriteBatch`], which applies write requests in one
 //!   backend write transaction and collects their events.
 
 pub mod encoding;
 pub mod history;
+pub mod lease;
 pub mod read;
 pub mod store;
 pub mod types;

@@ -11,6 +11,7 @@ use super::encoding::{
     split_kv_key, RecordHeader, VersionRecord, HISTORY_TREE, KV_ORDER, KV_TREE, META_APPLIED_INDEX,
     META_APPLIED_TERM, META_COMPACT_DONE, META_COMPACT_REVISION, META_REVISION, META_TREE,
 };
+use super::lease::{self, LeaseEvent, LeaseMove};
 use super::read::{
     check_key, check_range_request, evaluate_compare, for_each_visible, latest, range_at,
     resolve_revision, revisions, to_key_value, KvView, RangeEnd, RawEntry,
@@ -93,6 +94,7 @@ pub struct WriteBatch<'a, 'b> {
     current: Revision,
     compacted: Revision,
     events: Vec<Event>,
+    lease_events: Vec<LeaseEvent>,
 }
 
 /// The outcome of one applied request: its response, or its error, and the store revision
@@ -110,6 +112,7 @@ impl<'a, 'b> WriteBatch<'a, 'b> {
             current,
             compacted,
             events: Vec::new(),
+            lease_events: Vec::new(),
         })
     }
 
@@ -133,6 +136,19 @@ impl<'a, 'b> WriteBatch<'a, 'b> {
             WriteRequest::Compact { revision } => self
                 .apply_compact(*revision)
                 .map(|()| WriteResponse::Compact),
+            WriteRequest::LeaseGrant(g) => lease::grant(self.view.txn, g).map(|ev| {
+                let LeaseEvent::Granted { id, ttl, .. } = ev else {
+                    unreachable!("grant returns a Granted event")
+                };
+                self.lease_events.push(ev);
+                WriteResponse::LeaseGrant { id, ttl }
+            }),
+            WriteRequest::LeaseRevoke { id } => self
+                .apply_lease_revoke(*id)
+                .map(|()| WriteResponse::LeaseRevoke),
+            WriteRequest::LeaseCheckpoint(c) => {
+                lease::checkpoint(self.view.txn, c).map(|()| WriteResponse::LeaseCheckpoint)
+            }
         };
         (result, self.current)
     }
@@ -149,6 +165,49 @@ impl<'a, 'b> WriteBatch<'a, 'b> {
     /// The events of every change applied so far, in revision order; clears them.
     pub fn take_events(&mut self) -> Vec<Event> {
         std::mem::take(&mut self.events)
+    }
+
+    /// The lease grants and revokes applied so far, in order; clears them. The applier hands
+    /// them to the leases' owner shards once the batch is published.
+    pub fn take_lease_events(&mut self) -> Vec<LeaseEvent> {
+        std::mem::take(&mut self.lease_events)
+    }
+
+    /// Revokes lease `id`: deletes every attached key at one new revision through the normal
+    /// delete path (so the deletes enter `history` and the events), then removes the lease.
+    /// The per-lease attach limits keep this within the per-request change limits.
+    fn apply_lease_revoke(&mut self, id: i64) -> Result<()> {
+        lease::check_id("lease revoke", id)?;
+        if lease::get(self.view.txn, id)?.is_none() {
+            return Err(Error::new(
+                ErrorCode::LeaseNotFound,
+                format!("lease revoke: lease {id:x} not found"),
+            ));
+        }
+        let keys = lease::attached_keys(self.view.txn, id)?;
+        self.run_change(|c, view| {
+            for key in keys {
+                let d = DeleteRangeRequest {
+                    key,
+                    range_end: Vec::new(),
+                    prev_kv: false,
+                };
+                let resp = c.delete_range(view, &d)?;
+                if resp.deleted != 1 {
+                    return Err(Error::new(
+                        ErrorCode::Internal,
+                        format!(
+                            "corrupt lease data: key {:?} is attached to lease {id:x} but does not exist",
+                            String::from_utf8_lossy(&d.key)
+                        ),
+                    ));
+                }
+            }
+            Ok(())
+        })?;
+        let ev = lease::remove(self.view.txn, id)?;
+        self.lease_events.push(ev);
+        Ok(())
     }
 
     fn apply_put(&mut self, p: &PutRequest) -> Result<PutResponse> {
@@ -303,6 +362,11 @@ impl<'a, 'b> WriteBatch<'a, 'b> {
         let mut change = Change::new(self.current + 1);
         match f(&mut change, &mut self.view) {
             Ok(resp) => {
+                if let Err(e) = lease::apply_moves(self.view.txn, &change.lease_moves) {
+                    // Checked before any lease write: only the kv/history writes to undo.
+                    change.undo(&mut self.view)?;
+                    return Err(e);
+                }
                 self.commit_change(change)?;
                 Ok(resp)
             }
@@ -337,6 +401,9 @@ struct Change {
     events: Vec<Event>,
     /// Key and value bytes written so far (bounded by MAX_CHANGE_BYTES_PER_REQUEST).
     bytes: usize,
+    /// Keys whose lease changes (attach / detach), applied when the change succeeds. A key
+    /// changes at most once per request (the txn duplicate-key rule), so order is free.
+    lease_moves: Vec<LeaseMove>,
 }
 
 impl Change {
@@ -345,6 +412,7 @@ impl Change {
             rev,
             events: Vec::new(),
             bytes: 0,
+            lease_moves: Vec::new(),
         }
     }
 
@@ -442,6 +510,14 @@ impl Change {
             value,
         };
         self.record(view, &p.key, rec)?;
+        let old = prev.as_ref().map_or(0, |kv| kv.lease);
+        if old != lease {
+            self.lease_moves.push(LeaseMove {
+                old,
+                new: lease,
+                key: p.key.clone(),
+            });
+        }
         Ok(PutResponse {
             prev_kv: if p.prev_kv { prev } else { None },
         })
@@ -473,6 +549,13 @@ impl Change {
                 value: Vec::new(),
             };
             self.record(view, &kv.key, rec)?;
+            if kv.lease != 0 {
+                self.lease_moves.push(LeaseMove {
+                    old: kv.lease,
+                    new: 0,
+                    key: kv.key.clone(),
+                });
+            }
         }
         Ok(DeleteRangeResponse {
             deleted: victims.len() as i64,
@@ -549,7 +632,7 @@ fn check_put(p: &PutRequest) -> Result<()> {
 
 /// Checks a put against the state it will apply to.
 fn check_put_against_state(
-    view: &mut impl KvView,
+    view: &mut WriteView<'_, '_>,
     p: &PutRequest,
     current: Revision,
 ) -> Result<()> {
@@ -563,11 +646,7 @@ fn check_put_against_state(
         ));
     }
     if p.lease != 0 {
-        // Leases are granted through the lease service; until one exists, none is known.
-        return Err(Error::new(
-            ErrorCode::LeaseNotFound,
-            format!("put: lease {} not found", p.lease),
-        ));
+        lease::check_exists(view.txn, "put", p.lease)?;
     }
     Ok(())
 }
@@ -695,7 +774,7 @@ fn txn_path(view: &mut impl KvView, t: &TxnRequest, path: &mut Vec<bool>) -> Res
 /// Checks every op on the path against the state before the transaction, so that execution
 /// cannot fail half-way.
 fn check_txn_path(
-    view: &mut impl KvView,
+    view: &mut WriteView<'_, '_>,
     t: &TxnRequest,
     path: &[bool],
     cursor: &mut usize,

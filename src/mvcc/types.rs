@@ -241,6 +241,15 @@ pub enum WriteRequest {
         /// The revision to compact at.
         revision: Revision,
     },
+    /// Grant a lease (see [`super::lease`]).
+    LeaseGrant(super::lease::LeaseGrant),
+    /// Revoke a lease, deleting its keys in one revision.
+    LeaseRevoke {
+        /// The lease.
+        id: i64,
+    },
+    /// Record the remaining TTLs of leases, so a restart resumes from them.
+    LeaseCheckpoint(Vec<super::lease::LeaseCheckpoint>),
 }
 
 /// The result of a [`WriteRequest`].
@@ -254,6 +263,17 @@ pub enum WriteResponse {
     Txn(TxnResponse),
     /// Compaction was recorded (logical); physical removal proceeds in steps.
     Compact,
+    /// The lease granted: its id and TTL.
+    LeaseGrant {
+        /// The lease id (chosen by the applier if the request had 0).
+        id: i64,
+        /// The TTL granted, seconds.
+        ttl: i64,
+    },
+    /// The lease was revoked.
+    LeaseRevoke,
+    /// The checkpoint was recorded.
+    LeaseCheckpoint,
 }
 
 /// What happened to a key at a revision: the unit of history and of watch events.

@@ -32,6 +32,8 @@ use storage::LogStore;
 
 /// Interval of raft's logical clock.
 pub const TICK_INTERVAL: Duration = Duration::from_millis(100);
+/// Election timeout in ticks (also the base of the minimum lease TTL, as in etcd).
+pub const ELECTION_TICK: usize = 10;
 /// Proposals taken from the queue before the loop processes a Ready.
 pub const MAX_PROPOSALS_PER_READY: usize = 4096;
 /// Capacity of the queue from the shards to the raft shard (senders wait when it is full).
@@ -173,6 +175,7 @@ pub struct RaftShard {
     persisting: VecDeque<PendingPersist>,
     /// Entries committed by raft and not yet applied, in log order.
     committed: Vec<Entry>,
+    lease_sink: Option<crate::lease::LeaseSink>,
 }
 
 /// What woke the raft loop.
@@ -261,7 +264,7 @@ impl RaftShard {
         );
         let raft_config = ::raft::Config {
             id: ids.member_id,
-            election_tick: 10,
+            election_tick: ELECTION_TICK,
             heartbeat_tick: 1,
             applied,
             max_size_per_msg: 1 << 20,
@@ -299,9 +302,16 @@ impl RaftShard {
                 wal_max_batch_bytes,
                 persisting: VecDeque::new(),
                 committed: Vec::new(),
+                lease_sink: None,
             },
             reader,
         ))
+    }
+
+    /// Where applied lease grants and revokes go: their owner shards' lease tables. They are
+    /// delivered after the batch is published and before any proposer of it is answered.
+    pub fn set_lease_sink(&mut self, sink: crate::lease::LeaseSink) {
+        self.lease_sink = Some(sink);
     }
 
     /// Values shared with the other shards.
@@ -572,6 +582,10 @@ impl RaftShard {
             .apply(&committed)
             .await
             .map_err(|e| format!("apply failed: {e}"))?;
+        let lease_events = self.applier.take_lease_events();
+        if let Some(sink) = &self.lease_sink {
+            sink.deliver(lease_events).await;
+        }
         let term = self.node.raft.term;
         for r in results {
             let Some((reply, wait_compaction)) = self.waiters.remove(&r.proposal_id) else {

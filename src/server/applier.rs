@@ -71,6 +71,7 @@ pub struct Applier {
     sync_in_flight: Option<(u64, oneshot::Receiver<backend::Result<u64>>)>,
     /// Where each published batch's events go (every shard's watch hub).
     watch: Option<crate::watch::FanOut>,
+    lease_events: Vec<mvcc::lease::LeaseEvent>,
 }
 
 impl Applier {
@@ -97,6 +98,7 @@ impl Applier {
             last_sync: Instant::now(),
             sync_in_flight: None,
             watch: None,
+            lease_events: Vec::new(),
         })
     }
 
@@ -136,6 +138,12 @@ impl Applier {
         self.compaction_done
     }
 
+    /// The lease grants and revokes of every batch published since the last call, in order;
+    /// the raft shard hands them to the owner shards before answering the proposers.
+    pub fn take_lease_events(&mut self) -> Vec<mvcc::lease::LeaseEvent> {
+        std::mem::take(&mut self.lease_events)
+    }
+
     /// Applies `entries` (consecutive, starting right after the applied index; entries at or
     /// below it are skipped, which makes replay idempotent) in one backend transaction and
     /// publishes the result. Returns one result per proposal entry, in order.
@@ -166,6 +174,7 @@ impl Applier {
         results: &mut Vec<AppliedResult>,
     ) -> mvcc::Result<usize> {
         let mut taken = 0;
+        let mut lease_events = Vec::new();
         let over_quota = self.backend.stats().in_use_bytes > self.quota_bytes;
         let mut wtxn = self.backend.begin_write()?;
         let prev_revision = self.revision;
@@ -201,6 +210,7 @@ impl Applier {
                             (id, Err(e))
                         } else {
                             let (result, _) = batch.apply(&req);
+                            lease_events.extend(batch.take_lease_events());
                             let applied = batch.take_events();
                             written += applied
                                 .iter()
@@ -247,6 +257,7 @@ impl Applier {
                 events,
             ));
         }
+        self.lease_events.extend(lease_events);
         self.applied_index = last_index;
         self.applied_term = last_term;
         self.revision = revision;
@@ -339,6 +350,10 @@ fn adds_data(req: &WriteRequest) -> bool {
     match req {
         WriteRequest::Put(_) => true,
         WriteRequest::Txn(t) => ops_add(&t.success) || ops_add(&t.failure),
-        WriteRequest::DeleteRange(_) | WriteRequest::Compact { .. } => false,
+        WriteRequest::LeaseGrant(_) => true,
+        WriteRequest::DeleteRange(_)
+        | WriteRequest::Compact { .. }
+        | WriteRequest::LeaseRevoke { .. }
+        | WriteRequest::LeaseCheckpoint(_) => false,
     }
 }

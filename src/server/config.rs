@@ -2,6 +2,7 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Parser;
 
@@ -62,6 +63,49 @@ pub struct Flags {
     /// Interval of progress notifications to watchers that ask for them (e.g. 10m, 5s, 100ms).
     #[arg(long, default_value = "10m", value_parser = crate::watch::parse_duration)]
     pub watch_progress_notify_interval: std::time::Duration,
+    /// Smallest lease TTL granted, seconds; smaller requests are raised to it (default as
+    /// etcd derives it: 1.5 election timeouts, rounded up).
+    #[arg(long, default_value_t = default_min_lease_ttl())]
+    pub min_lease_ttl: i64,
+    /// How often each shard checkpoints its leases' remaining TTLs through the log (so a
+    /// restart resumes them): a number with a unit, e.g. 500ms, 30s, 5m.
+    #[arg(long, default_value = "5m")]
+    pub lease_checkpoint_interval: String,
+}
+
+/// Shortest accepted `--lease-checkpoint-interval`.
+pub const MIN_LEASE_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
+
+/// etcd's minimum lease TTL: 1.5 election timeouts (election ticks × tick interval), in whole
+/// seconds rounded up; 2 s with corekv's raft settings.
+pub fn default_min_lease_ttl() -> i64 {
+    let election = crate::raft::TICK_INTERVAL * crate::raft::ELECTION_TICK as u32;
+    let ms = election.as_millis() as i64 * 3 / 2;
+    (ms + 999) / 1000
+}
+
+/// Parses a duration flag: a number followed by `ms`, `s`, `m` or `h`.
+pub fn parse_duration(flag: &str, v: &str) -> Result<Duration, String> {
+    let v = v.trim();
+    let split = v
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{flag}: {v:?} needs a unit (ms, s, m or h)"))?;
+    let (num, unit) = v.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{flag}: {v:?} does not start with a number"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => {
+            return Err(format!(
+                "{flag}: {v:?}: unknown unit {unit:?} (ms, s, m or h)"
+            ))
+        }
+    };
+    Ok(d)
 }
 
 /// Validated server configuration.
@@ -85,6 +129,10 @@ pub struct Config {
     pub log_level: LogLevel,
     /// Interval of watch progress notifications.
     pub watch_progress_notify_interval: std::time::Duration,
+    /// Smallest lease TTL granted, seconds.
+    pub min_lease_ttl: i64,
+    /// Interval of lease checkpoints.
+    pub lease_checkpoint_interval: Duration,
 }
 
 impl Config {
@@ -100,6 +148,8 @@ impl Config {
             quota_backend_bytes: DEFAULT_QUOTA_BACKEND_BYTES,
             log_level: LogLevel::Info,
             watch_progress_notify_interval: crate::watch::DEFAULT_PROGRESS_NOTIFY_INTERVAL,
+            min_lease_ttl: default_min_lease_ttl(),
+            lease_checkpoint_interval: crate::lease::DEFAULT_CHECKPOINT_INTERVAL,
         }
     }
 
@@ -144,6 +194,22 @@ impl Config {
         if flags.max_txn_ops == 0 {
             return Err("--max-txn-ops: must be at least 1".into());
         }
+        if flags.min_lease_ttl < 1 || flags.min_lease_ttl > crate::mvcc::lease::MAX_LEASE_TTL {
+            return Err(format!(
+                "--min-lease-ttl: {} is not in 1..={}",
+                flags.min_lease_ttl,
+                crate::mvcc::lease::MAX_LEASE_TTL
+            ));
+        }
+        let lease_checkpoint_interval = parse_duration(
+            "--lease-checkpoint-interval",
+            &flags.lease_checkpoint_interval,
+        )?;
+        if lease_checkpoint_interval < MIN_LEASE_CHECKPOINT_INTERVAL {
+            return Err(format!(
+                "--lease-checkpoint-interval: {lease_checkpoint_interval:?} is below the minimum of {MIN_LEASE_CHECKPOINT_INTERVAL:?}"
+            ));
+        }
         Ok(Config {
             name: flags.name,
             data_dir: flags.data_dir,
@@ -158,6 +224,8 @@ impl Config {
             },
             log_level: flags.log_level,
             watch_progress_notify_interval: flags.watch_progress_notify_interval,
+            min_lease_ttl: flags.min_lease_ttl,
+            lease_checkpoint_interval,
         })
     }
 }
@@ -210,5 +278,32 @@ mod tests {
         assert!(parse(&["--max-txn-ops", "0"])
             .unwrap_err()
             .contains("--max-txn-ops"));
+        assert!(parse(&["--min-lease-ttl", "0"])
+            .unwrap_err()
+            .contains("--min-lease-ttl"));
+        for bad in ["5", "5x", "ms", "10ms"] {
+            assert!(parse(&["--lease-checkpoint-interval", bad])
+                .unwrap_err()
+                .contains("--lease-checkpoint-interval"));
+        }
+    }
+
+    #[test]
+    fn lease_flags() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(
+            c.min_lease_ttl, 2,
+            "etcd's derivation with 10 ticks of 100 ms"
+        );
+        assert_eq!(c.lease_checkpoint_interval, Duration::from_secs(300));
+        let c = parse(&[
+            "--min-lease-ttl",
+            "1",
+            "--lease-checkpoint-interval",
+            "500ms",
+        ])
+        .unwrap();
+        assert_eq!(c.min_lease_ttl, 1);
+        assert_eq!(c.lease_checkpoint_interval, Duration::from_millis(500));
     }
 }

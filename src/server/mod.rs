@@ -7,6 +7,7 @@
 
 pub mod applier;
 pub mod config;
+pub mod lease_service;
 pub mod service;
 pub mod watch_service;
 
@@ -63,6 +64,13 @@ pub fn start(config: Config) -> Result<RunningServer, String> {
     let (fan_out, inboxes) = crate::watch::fan_out(config.shards);
     let mut inboxes = inboxes.into_iter();
     let progress_interval = config.watch_progress_notify_interval;
+    let (lease_inboxes, lease_rxs) = crate::lease::inboxes(config.shards);
+    let lease_config = crate::lease::LeaseConfig {
+        min_ttl: config.min_lease_ttl,
+        checkpoint_interval: config.lease_checkpoint_interval,
+    };
+    // Shard k takes the k-th receiver, in start order.
+    let mut lease_rxs = lease_rxs.into_iter();
 
     let node_config = NodeConfig {
         data_dir: config.data_dir.clone(),
@@ -79,13 +87,31 @@ pub fn start(config: Config) -> Result<RunningServer, String> {
         let config = config.clone();
         let raft_tx = raft_tx.clone();
         let inbox = inboxes.next().expect("one inbox per shard");
+        let lease_rx = lease_rxs.next().expect("shard 0's lease inbox");
+        let lease_inboxes = lease_inboxes.clone();
+        let lease_config = lease_config.clone();
         LocalExecutorBuilder::new(Placement::Fixed(0))
             .name("corekv-shard-0")
             .spin_before_park(SPIN_BEFORE_PARK)
             .spawn(move || async move {
-                let (raft, reader) = match RaftShard::open(node_config).await {
+                let (mut raft, reader) = match RaftShard::open(node_config).await {
                     Ok(x) => x,
                     Err(e) => {
+                        let _ = ready_tx.send(Err(e.clone()));
+                        return Err(e);
+                    }
+                };
+                raft.set_lease_sink(crate::lease::LeaseSink::new(lease_inboxes.clone()));
+                let leases = match crate::lease::LeaseShard::open(
+                    0,
+                    lease_rx,
+                    lease_inboxes,
+                    lease_config,
+                    &reader,
+                ) {
+                    Ok(l) => Rc::new(l),
+                    Err(e) => {
+                        let e = format!("load leases: {e}");
                         let _ = ready_tx.send(Err(e.clone()));
                         return Err(e);
                     }
@@ -112,6 +138,7 @@ pub fn start(config: Config) -> Result<RunningServer, String> {
                     }
                 };
                 let raft_task = glommio::spawn_local(raft.run(raft_rx, raft_stop_rx));
+                let lease_task = glommio::spawn_local(leases.clone().run(raft_tx.clone())).detach();
                 let ctx = Rc::new(ShardContext {
                     shard: 0,
                     reader: reader.clone(),
@@ -120,6 +147,7 @@ pub fn start(config: Config) -> Result<RunningServer, String> {
                     ids,
                     max_request_bytes: config.max_request_bytes,
                     watch,
+                    leases,
                 });
                 let _ = ready_tx.send(Ok(RaftShardReady {
                     reader,
@@ -127,6 +155,7 @@ pub fn start(config: Config) -> Result<RunningServer, String> {
                     addrs,
                 }));
                 serve(listeners, ctx, config.max_request_bytes, stop0_rx).await;
+                lease_task.cancel();
                 raft_task.await
             })
             .map_err(|e| format!("start shard 0: {e}"))?
@@ -154,6 +183,9 @@ pub fn start(config: Config) -> Result<RunningServer, String> {
         let raft_tx = raft_tx.clone();
         let max_request_bytes = config.max_request_bytes;
         let inbox = inboxes.next().expect("one inbox per shard");
+        let lease_rx = lease_rxs.next().expect("one lease inbox per shard");
+        let lease_inboxes = lease_inboxes.clone();
+        let lease_config = lease_config.clone();
         let handle = LocalExecutorBuilder::new(Placement::Fixed(shard % cores))
             .name(&format!("corekv-shard-{shard}"))
             .spin_before_park(SPIN_BEFORE_PARK)
@@ -161,6 +193,17 @@ pub fn start(config: Config) -> Result<RunningServer, String> {
                 let listeners = bind_all(&addrs)?;
                 let watch = crate::watch::hub::spawn(reader.clone(), inbox, progress_interval)
                     .map_err(|e| format!("start watch hub of shard {shard}: {e}"))?;
+                let leases = Rc::new(
+                    crate::lease::LeaseShard::open(
+                        shard,
+                        lease_rx,
+                        lease_inboxes,
+                        lease_config,
+                        &reader,
+                    )
+                    .map_err(|e| format!("shard {shard}: load leases: {e}"))?,
+                );
+                let lease_task = glommio::spawn_local(leases.clone().run(raft_tx.clone())).detach();
                 let ctx = Rc::new(ShardContext {
                     shard,
                     reader,
@@ -169,8 +212,10 @@ pub fn start(config: Config) -> Result<RunningServer, String> {
                     ids,
                     max_request_bytes,
                     watch,
+                    leases,
                 });
                 serve(listeners, ctx, max_request_bytes, stop_rx).await;
+                lease_task.cancel();
                 Ok(())
             })
             .map_err(|e| format!("start shard {shard}: {e}"))?;

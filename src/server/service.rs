@@ -36,6 +36,8 @@ pub struct ShardContext {
     pub max_request_bytes: usize,
     /// This shard's watch hub.
     pub watch: crate::watch::hub::SharedHub,
+    /// This shard's lease table and the inboxes of every shard's (see [`crate::lease`]).
+    pub leases: Rc<crate::lease::LeaseShard>,
 }
 
 fn unavailable() -> Error {
@@ -57,7 +59,7 @@ impl ShardContext {
     }
 
     /// Refuses a request whose encoding is larger than `--max-request-bytes`.
-    fn check_size(&self, words: capnp::Result<capnp::MessageSize>) -> mvcc::Result<()> {
+    pub fn check_size(&self, words: capnp::Result<capnp::MessageSize>) -> mvcc::Result<()> {
         let words = words.map_err(|e| {
             Error::new(
                 ErrorCode::InvalidArgument,
@@ -82,18 +84,25 @@ impl ShardContext {
     pub async fn range(&self, req: RangeRequest) -> mvcc::Result<(mvcc::RangeResponse, Header)> {
         mvcc::read::check_range_request(&req)?;
         if !req.serializable {
-            let (tx, rx) = oneshot::channel();
-            self.raft
-                .send_async(RaftRequest::ReadBarrier { reply: tx })
-                .await
-                .map_err(|_| unavailable())?;
-            rx.await.map_err(|_| unavailable())??;
+            self.read_barrier().await?;
         }
         let rtxn = self.reader.begin_read()?;
         let mut view = SnapshotView::new(&rtxn)?;
         let (current, compacted) = mvcc::read::revisions(&mut view)?;
         let resp = mvcc::read::range_at(&mut view, &req, current, compacted)?;
         Ok((resp, self.header(current)))
+    }
+
+    /// Waits until every write committed before the call is applied and visible in the
+    /// published snapshot (and its lease events are in the owner shards' inboxes).
+    pub async fn read_barrier(&self) -> mvcc::Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.raft
+            .send_async(RaftRequest::ReadBarrier { reply: tx })
+            .await
+            .map_err(|_| unavailable())?;
+        rx.await.map_err(|_| unavailable())??;
+        Ok(())
     }
 
     /// Proposes a write and waits until it is applied.
@@ -187,6 +196,17 @@ impl core_kv::Server for CoreKvService {
             }));
         std::future::ready(Ok(()))
     }
+
+    fn lease(
+        self: Rc<Self>,
+        _: core_kv::LeaseParams,
+        mut results: core_kv::LeaseResults,
+    ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
+        results.get().set_lease(capnp_rpc::new_client(
+            super::lease_service::LeaseService::new(self.ctx.clone()),
+        ));
+        std::future::ready(Ok(()))
+    }
 }
 
 /// The KV service.
@@ -194,7 +214,8 @@ struct KvService {
     ctx: Rc<ShardContext>,
 }
 
-fn malformed(e: capnp::Error) -> Error {
+/// A request that does not decode.
+pub fn malformed(e: capnp::Error) -> Error {
     Error::new(
         ErrorCode::InvalidArgument,
         format!("malformed request: {e}"),
@@ -331,7 +352,8 @@ impl k_v::Server for KvService {
     }
 }
 
-fn mismatched(resp: &WriteResponse) -> Error {
+/// The applier answered a request with another request's kind of response (a bug).
+pub fn mismatched(resp: &WriteResponse) -> Error {
     Error::new(
         ErrorCode::Internal,
         format!("applier answered with the wrong kind of response: {resp:?}"),

@@ -180,6 +180,11 @@ impl EtcdModel {
                     Ok(WriteResponse::Compact)
                 }
             }
+            WriteRequest::LeaseGrant(_)
+            | WriteRequest::LeaseRevoke { .. }
+            | WriteRequest::LeaseCheckpoint(_) => {
+                panic!("the etcd model does not cover lease requests (no generator makes them)")
+            }
         };
         if result.is_err() {
             *self = before;

@@ -5,6 +5,7 @@
 //! Input (a value or a transaction on stdin) is read and checked completely before the
 //! first connection is made, so a malformed command never reaches the server.
 
+mod lease;
 mod output;
 mod requests;
 mod txn_input;
@@ -120,6 +121,9 @@ enum Command {
     Endpoint(EndpointCommand),
     /// Print the events on a key, range or prefix until interrupted.
     Watch(watch::WatchArgs),
+    /// Lease commands: grant, revoke, keep-alive, timetolive, list.
+    #[command(subcommand)]
+    Lease(lease::LeaseCommand),
 }
 
 #[derive(Args, Debug)]
@@ -159,6 +163,8 @@ enum Prepared {
     Health,
     /// `watch`: runs until interrupted.
     Watch(corekv::client::watch::WatchRequest),
+    /// A lease command.
+    Lease(lease::LeaseOp),
 }
 
 /// A KV request and how to print its response.
@@ -222,6 +228,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Compaction(_) => "compaction",
         Command::Endpoint(_) => "endpoint",
         Command::Watch(_) => "watch",
+        Command::Lease(_) => "lease",
     };
     // etcdctl renders tables only for the endpoint commands; `compaction` prints its one
     // line whatever the format.
@@ -285,6 +292,7 @@ fn prepare(command: Command, format: Format) -> Result<Prepared, Failure> {
         Command::Endpoint(EndpointCommand::Status) => Prepared::Status,
         Command::Endpoint(EndpointCommand::Health) => Prepared::Health,
         Command::Watch(args) => Prepared::Watch(watch::watch_request(&args)?),
+        Command::Lease(cmd) => Prepared::Lease(lease::prepare(cmd)?),
     })
 }
 
@@ -348,6 +356,10 @@ async fn execute(
         Prepared::Watch(req) => {
             let client = connect(&endpoints, &options).await?;
             return watch::run(&client, req, format, simple).await;
+        }
+        Prepared::Lease(op) => {
+            let client = connect(&endpoints, &options).await?;
+            return lease::execute(&client, op, format).await;
         }
     };
     let client = connect(&endpoints, &options).await?;
