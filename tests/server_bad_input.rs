@@ -194,3 +194,26 @@ fn garbage_and_abandoned_connections_do_not_hurt_the_server() {
     }
     assert_serving(&srv);
 }
+
+/// A second server on a port another corekv already listens on refuses to start (SO_REUSEPORT
+/// would otherwise let it share the port silently) and the first keeps serving.
+#[test]
+fn a_second_server_on_the_same_port_is_refused() {
+    let mut first = ServerProcess::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_corekv"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--listen-client-urls", &first.endpoint(), "--log-level", "warn"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "second server started: {stderr}");
+    assert!(
+        stderr.contains("address already in use"),
+        "unclear error: {stderr}"
+    );
+    let revision = with_client(&first.endpoint(), async |c| c.put_kv("k", "v").await.unwrap());
+    assert_eq!(revision, 1, "the first server still serves");
+    assert!(first.stop());
+}

@@ -117,7 +117,7 @@ pub fn start(config: Config) -> Result<RunningServer, String> {
                     }
                 };
                 let shared = raft.shared();
-                let listeners = match bind_all(&config.listen) {
+                let listeners = match claim_addresses(&config.listen).and_then(|a| bind_all(&a)) {
                     Ok(l) => l,
                     Err(e) => {
                         let _ = ready_tx.send(Err(e.clone()));
@@ -251,6 +251,28 @@ impl RunningServer {
         }
         first_error.map_or(Ok(()), Err)
     }
+}
+
+/// Checks that no other process listens on `addrs` and resolves port 0. The shards' listeners
+/// use SO_REUSEPORT, which would let a second server run by the same user bind the same port
+/// without error and silently take a share of its connections; a probe bound without
+/// SO_REUSEPORT fails with "address in use" instead.
+fn claim_addresses(addrs: &[SocketAddr]) -> Result<Vec<SocketAddr>, String> {
+    addrs
+        .iter()
+        .map(|a| {
+            let probe = std::net::TcpListener::bind(a).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::AddrInUse {
+                    format!("listen on {a}: address already in use (is another corekv or etcd listening there?)")
+                } else {
+                    format!("listen on {a}: {e}")
+                }
+            })?;
+            probe
+                .local_addr()
+                .map_err(|e| format!("listen on {a}: {e}"))
+        })
+        .collect()
 }
 
 fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, String> {
