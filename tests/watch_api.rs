@@ -246,3 +246,36 @@ fn large_revisions_are_whole_or_fragmented_on_request() {
             .is_none());
     });
 }
+
+#[test]
+fn watch_works_from_a_tokio_local_set() {
+    let srv = ServerProcess::start(&[]);
+    let endpoint = srv.endpoint();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        let c =
+            corekv::client::Client::connect(&[endpoint], Default::default(), corekv::client::Tokio)
+                .await
+                .unwrap();
+        let mut s = c.watch_stream().await.unwrap();
+        let id = s.watch("t", "", 0).await.unwrap();
+        let created = tokio::time::timeout(watch::RECV_DEADLINE, s.next())
+            .await
+            .expect("created in time")
+            .unwrap()
+            .unwrap();
+        assert!(created.created && created.watch_id == id);
+        let rev = c.put_kv("t", "tokio").await.unwrap();
+        let r = tokio::time::timeout(watch::RECV_DEADLINE, s.next())
+            .await
+            .expect("event in time")
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.events[0].kv.mod_revision, rev);
+        assert_eq!(r.events[0].kv.value, b"tokio");
+    });
+}
