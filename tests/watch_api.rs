@@ -279,3 +279,29 @@ fn watch_works_from_a_tokio_local_set() {
         assert_eq!(r.events[0].kv.value, b"tokio");
     });
 }
+
+#[test]
+fn watch_from_a_future_revision_starts_there() {
+    let srv = ServerProcess::start(&[]);
+    with_client(&srv.endpoint(), async |c| {
+        let now = c.put_kv("fut", "0").await.unwrap();
+        let mut s = c.watch_stream().await.unwrap();
+        let id = s.watch("fut", "", now + 3).await.unwrap();
+        assert!(next(&mut s).await.created);
+        // A far-future watcher canceled before it starts leaves nothing behind.
+        let far = s.watch("fut", "", i64::MAX / 2).await.unwrap();
+        assert!(next(&mut s).await.created);
+        s.cancel(far).await.unwrap();
+        assert!(next(&mut s).await.canceled);
+        for i in 1..=4 {
+            c.put_kv("fut", format!("{i}")).await.unwrap();
+        }
+        let got = until(&mut s, |g| event_count(g) >= 2).await;
+        let revs: Vec<i64> = got
+            .iter()
+            .flat_map(|r| r.events.iter().map(|e| e.kv.mod_revision))
+            .collect();
+        assert_eq!(revs, vec![now + 3, now + 4]);
+        assert!(got.iter().all(|r| r.watch_id == id));
+    });
+}
