@@ -246,3 +246,62 @@ fn large_revisions_are_whole_or_fragmented_on_request() {
             .is_none());
     });
 }
+
+#[test]
+fn watch_works_from_a_tokio_local_set() {
+    let srv = ServerProcess::start(&[]);
+    let endpoint = srv.endpoint();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        let c =
+            corekv::client::Client::connect(&[endpoint], Default::default(), corekv::client::Tokio)
+                .await
+                .unwrap();
+        let mut s = c.watch_stream().await.unwrap();
+        let id = s.watch("t", "", 0).await.unwrap();
+        let created = tokio::time::timeout(watch::RECV_DEADLINE, s.next())
+            .await
+            .expect("created in time")
+            .unwrap()
+            .unwrap();
+        assert!(created.created && created.watch_id == id);
+        let rev = c.put_kv("t", "tokio").await.unwrap();
+        let r = tokio::time::timeout(watch::RECV_DEADLINE, s.next())
+            .await
+            .expect("event in time")
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.events[0].kv.mod_revision, rev);
+        assert_eq!(r.events[0].kv.value, b"tokio");
+    });
+}
+
+#[test]
+fn watch_from_a_future_revision_starts_there() {
+    let srv = ServerProcess::start(&[]);
+    with_client(&srv.endpoint(), async |c| {
+        let now = c.put_kv("fut", "0").await.unwrap();
+        let mut s = c.watch_stream().await.unwrap();
+        let id = s.watch("fut", "", now + 3).await.unwrap();
+        assert!(next(&mut s).await.created);
+        // A far-future watcher canceled before it starts leaves nothing behind.
+        let far = s.watch("fut", "", i64::MAX / 2).await.unwrap();
+        assert!(next(&mut s).await.created);
+        s.cancel(far).await.unwrap();
+        assert!(next(&mut s).await.canceled);
+        for i in 1..=4 {
+            c.put_kv("fut", format!("{i}")).await.unwrap();
+        }
+        let got = until(&mut s, |g| event_count(g) >= 2).await;
+        let revs: Vec<i64> = got
+            .iter()
+            .flat_map(|r| r.events.iter().map(|e| e.kv.mod_revision))
+            .collect();
+        assert_eq!(revs, vec![now + 3, now + 4]);
+        assert!(got.iter().all(|r| r.watch_id == id));
+    });
+}

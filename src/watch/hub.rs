@@ -530,7 +530,17 @@ impl Hub {
                     s.behind -= 1;
                 }
             }
-            State::Ahead => {} // its entry in `ahead` is skipped when popped
+            State::Ahead => {
+                // Remove its entry now: a watcher may wait on a far-future revision, and
+                // stale entries must not pile up under create/cancel churn.
+                let rev = self.watchers.get(slot).next_rev;
+                if let Some(waiting) = self.ahead.get_mut(&rev) {
+                    waiting.retain(|&s| s != slot);
+                    if waiting.is_empty() {
+                        self.ahead.remove(&rev);
+                    }
+                }
+            }
         }
         if remove_id {
             self.stream(sid).ids.remove(&id);
