@@ -204,7 +204,12 @@ fn a_second_server_on_the_same_port_is_refused() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_corekv"))
         .arg("--data-dir")
         .arg(dir.path().join("data"))
-        .args(["--listen-client-urls", &first.endpoint(), "--log-level", "warn"])
+        .args([
+            "--listen-client-urls",
+            &first.endpoint(),
+            "--log-level",
+            "warn",
+        ])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -213,7 +218,9 @@ fn a_second_server_on_the_same_port_is_refused() {
         stderr.contains("address already in use"),
         "unclear error: {stderr}"
     );
-    let revision = with_client(&first.endpoint(), async |c| c.put_kv("k", "v").await.unwrap());
+    let revision = with_client(&first.endpoint(), async |c| {
+        c.put_kv("k", "v").await.unwrap()
+    });
     assert_eq!(revision, 1, "the first server still serves");
     assert!(first.stop());
 }

@@ -1,5 +1,6 @@
 //! `cargo run -p corekv-xtask -- capnp [--check]`: regenerates `src/generated/*_capnp.rs`
-//! from `schema/*.capnp` with the `capnp` compiler (Debian package `capnproto`).
+//! from `schema/*.capnp` with the `capnp` compiler (Debian packages `capnproto` and
+//! `libcapnp-dev`, whose `/capnp/stream.capnp` the schema imports).
 //!
 //! The generated code is checked in so that a fresh machine builds without the compiler;
 //! CI runs `--check`, which regenerates into a scratch directory and fails if the checked-in
