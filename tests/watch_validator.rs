@@ -10,7 +10,7 @@
 //!
 //! Size: `COREKV_WATCH_VALIDATOR_ITERS` write requests per writer (default 150).
 //! The writer set is the `WriteKind` enum: add a variant (and its arm in `write_once`) to
-//! include another kind of write (e.g. lease expiries).
+//! include another kind of write.
 
 #[path = "support/server.rs"]
 mod server;
@@ -25,7 +25,9 @@ use std::time::Duration;
 use corekv::client::txn::prefix_end;
 use corekv::client::watch::{WatchRequest, WatchResponse, WatchStream};
 use corekv::client::{Client, ClientError, Txn};
-use corekv::mvcc::{DeleteRangeRequest, ErrorCode, EventKind, PutRequest, RequestOp, ResponseOp};
+use corekv::mvcc::{
+    DeleteRangeRequest, ErrorCode, EventKind, PutRequest, RangeRequest, RequestOp, ResponseOp,
+};
 use server::{with_client, ServerProcess};
 use watch::{connect, next_within, RECV_DEADLINE};
 
@@ -72,6 +74,9 @@ enum WriteKind {
     DeleteRange,
     Txn,
     Compact,
+    /// A lease with keys that is left to expire (its deletes get a revision nobody is
+    /// answered with; the writer finds it by reading the keys at older revisions).
+    LeaseExpiry,
 }
 
 fn pick(rng: &mut Rng, writer: usize) -> WriteKind {
@@ -95,8 +100,79 @@ fn value(rng: &mut Rng, writer: usize, i: usize) -> Vec<u8> {
     v
 }
 
+/// Writer 1 lets a lease expire at these iterations (each takes about a TTL of 1 s).
+const LEASE_EXPIRY_AT: [usize; 2] = [10, 70];
+
 async fn write_once(c: &Client, truth: &Truth, rng: &mut Rng, writer: usize, i: usize) {
-    match pick(rng, writer) {
+    let kind = if writer == 1 && LEASE_EXPIRY_AT.contains(&i) {
+        WriteKind::LeaseExpiry
+    } else {
+        pick(rng, writer)
+    };
+    match kind {
+        WriteKind::LeaseExpiry => {
+            let (id, _, _) = c.lease_grant(1, 0).await.unwrap();
+            let keys: Vec<Vec<u8>> = (0..1 + rng.below(3))
+                .map(|j| format!("v/lease-{i}-{j}").into_bytes())
+                .collect();
+            let mut present_at = 0;
+            for k in &keys {
+                let v = value(rng, writer, i);
+                let (_, h) = c
+                    .put(PutRequest {
+                        key: k.clone(),
+                        value: v.clone(),
+                        lease: id,
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+                record(truth, h.revision, vec![(EventKind::Put, k.clone(), v)]);
+                present_at = h.revision;
+            }
+            // Poll until the keys are gone; the expiry's revision is then in
+            // (last revision seen with them, first revision seen without them].
+            let read_at = |revision: i64| {
+                let key = keys[0].clone();
+                async move {
+                    let (resp, h) = c
+                        .range(RangeRequest {
+                            key,
+                            revision,
+                            ..Default::default()
+                        })
+                        .await
+                        .unwrap();
+                    (!resp.kvs.is_empty(), h.revision)
+                }
+            };
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            let mut absent_at = loop {
+                let (present, rev) = read_at(0).await;
+                if !present {
+                    break rev;
+                }
+                present_at = rev;
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "lease {id:x} did not expire"
+                );
+                glommio::timer::sleep(Duration::from_millis(5)).await;
+            };
+            while absent_at - present_at > 1 {
+                let mid = present_at + (absent_at - present_at) / 2;
+                if read_at(mid).await.0 {
+                    present_at = mid;
+                } else {
+                    absent_at = mid;
+                }
+            }
+            let deletes = keys
+                .into_iter()
+                .map(|k| (EventKind::Delete, k, Vec::new()))
+                .collect();
+            record(truth, absent_at, deletes);
+        }
         WriteKind::Put => {
             let k = key(rng.below(KEYS));
             let v = value(rng, writer, i);
@@ -450,7 +526,14 @@ fn effective_start(spec: &Spec, created_rev: i64) -> i64 {
 
 #[test]
 fn watch_validator() {
-    let srv = ServerProcess::start(&["--shards", "2", "--watch-progress-notify-interval", "300ms"]);
+    let srv = ServerProcess::start(&[
+        "--shards",
+        "2",
+        "--watch-progress-notify-interval",
+        "300ms",
+        "--min-lease-ttl",
+        "1",
+    ]);
     let endpoint = srv.endpoint();
     with_client(&endpoint.clone(), async move |c0| {
         let truth: Truth = Rc::new(RefCell::new(BTreeMap::new()));
