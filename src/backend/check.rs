@@ -133,13 +133,7 @@ impl<'a> Checker<'a> {
             }
             let mut prev: Option<&'a [u8]> = lo;
             for i in 0..n {
-                let (kl, vl) = match view::leaf_cell(p, i) {
-                    Ok(x) => x,
-                    Err(e) => {
-                        self.problem(format!("tree {tree}: {e}"));
-                        return;
-                    }
-                };
+                let (kl, vl) = view::leaf_cell(p, i);
                 let key = self.resolve(kl, &format!("{what} key {i}"));
                 let val = self.resolve(vl, &format!("{what} value {i}"));
                 let Some(key) = key else { continue };
@@ -167,23 +161,16 @@ impl<'a> Checker<'a> {
         } else {
             let mut cells = Vec::with_capacity(n);
             for i in 0..n {
-                match view::branch_cell(p, i) {
-                    Ok((child, kl)) => {
-                        let key = if i == 0 {
-                            lo
-                        } else {
-                            match self.resolve(kl, &format!("{what} separator {i}")) {
-                                Some(k) => Some(k),
-                                None => return,
-                            }
-                        };
-                        cells.push((child, key));
+                let (child, kl) = view::branch_cell(p, i);
+                let key = if i == 0 {
+                    lo
+                } else {
+                    match self.resolve(kl, &format!("{what} separator {i}")) {
+                        Some(k) => Some(k),
+                        None => return,
                     }
-                    Err(e) => {
-                        self.problem(format!("tree {tree}: {e}"));
-                        return;
-                    }
-                }
+                };
+                cells.push((child, key));
             }
             for i in 1..n {
                 if let (Some(a), Some(b)) = (cells[i - 1].1, cells[i].1) {

@@ -6,7 +6,7 @@
 //! [`Freelist::release`] move it to `free`, from which runs are allocated (first fit, lowest
 //! page first, so the file stays dense).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use super::page::{header, rd_u64, FIRST_DATA_PAGE, HDR, KIND_FREELIST};
 use super::view::View;
@@ -88,12 +88,15 @@ pub(crate) fn load_chain(v: &View<'_>, head: u64, pages: u64) -> Result<Chain> {
 
 /// Extents `(start page, page count)`, kept sorted and coalesced.
 ///
-/// The reusable set is a sorted `Vec` rather than a tree: the write transaction works on a
-/// copy (so an aborted transaction leaves the freelist untouched), and copying a `Vec` is one
-/// memcpy; every publish serialises the whole list anyway.
+/// The reusable set is a sorted `VecDeque` rather than a tree: the write transaction works on
+/// a copy (so an aborted transaction leaves the freelist untouched), and copying it is a
+/// memcpy; every publish serialises the whole list anyway. A deque because single pages are
+/// allocated from the front (lowest page first): with thousands of one-page extents (the
+/// pages of earlier random-key commits) each allocation is O(1), not a shift of the whole
+/// list. [`Freelist::release`] merges a whole batch of extents in one linear pass.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Freelist {
-    free: Vec<(u64, u64)>,
+    free: VecDeque<(u64, u64)>,
     free_pages: u64,
     pending: BTreeMap<u64, Vec<(u64, u64)>>,
     pending_pages: u64,
@@ -126,7 +129,7 @@ impl Freelist {
         let joins_next = i < self.free.len() && self.free[i].0 == start + len;
         match (joins_prev, joins_next) {
             (true, true) => {
-                let (_, nn) = self.free.remove(i);
+                let nn = self.free.remove(i).map_or(0, |(_, nn)| nn);
                 self.free[i - 1].1 += len + nn;
             }
             (true, false) => self.free[i - 1].1 += len,
@@ -184,22 +187,63 @@ impl Freelist {
 
     /// Moves every extent freed by a transaction `<= upto` to the reusable set.
     pub(crate) fn release(&mut self, upto: u64) {
+        let mut batch = Vec::new();
         while let Some(entry) = self.pending.first_entry() {
             if *entry.key() > upto {
                 break;
             }
             for (s, n) in entry.remove() {
                 self.pending_pages -= n;
+                batch.push((s, n));
+            }
+        }
+        if batch.len() < 16 {
+            for (s, n) in batch {
                 // A page freed twice (damaged file) is already free: keep the set consistent.
                 self.insert_free(s, n);
             }
+            return;
         }
+        // One sorted merge (O(set + batch log batch)) instead of a Vec insert per extent. Any
+        // overlap (a page freed twice: damaged file) is unioned, so the set stays consistent.
+        batch.sort_unstable();
+        let mut merged: VecDeque<(u64, u64)> =
+            VecDeque::with_capacity(self.free.len() + batch.len());
+        let mut total = 0;
+        let mut a = std::mem::take(&mut self.free).into_iter().peekable();
+        let mut b = batch.into_iter().peekable();
+        loop {
+            let next = match (a.peek(), b.peek()) {
+                (Some(x), Some(y)) if x.0 <= y.0 => a.next(),
+                (Some(_), Some(_)) | (None, Some(_)) => b.next(),
+                (Some(_), None) => a.next(),
+                (None, None) => break,
+            };
+            let (s, n) = next.expect("peeked");
+            match merged.back_mut() {
+                Some((ls, ln)) if *ls + *ln >= s => {
+                    let end = (*ls + *ln).max(s + n);
+                    total += end - (*ls + *ln);
+                    *ln = end - *ls;
+                }
+                _ => {
+                    merged.push_back((s, n));
+                    total += n;
+                }
+            }
+        }
+        self.free = merged;
+        self.free_pages = total;
     }
 
     /// Takes `n` contiguous reusable pages (first fit); `None` if no extent is long enough.
     pub(crate) fn alloc(&mut self, n: u64) -> Option<u64> {
         debug_assert!(n > 0);
-        let i = self.free.iter().position(|&(_, len)| len >= n)?;
+        let i = if self.free.front()?.1 >= n {
+            0
+        } else {
+            self.free.iter().position(|&(_, len)| len >= n)?
+        };
         let (s, len) = self.free[i];
         if len == n {
             self.free.remove(i);
@@ -251,7 +295,7 @@ impl Freelist {
 
     /// The reusable extents (sorted, coalesced).
     pub(crate) fn extents(&self) -> Vec<(u64, u64)> {
-        self.free.clone()
+        self.free.iter().copied().collect()
     }
 
     /// Upper bound on the number of extents `all_extents` returns.
@@ -301,5 +345,39 @@ mod tests {
         assert!(f.insert_free(41, 1));
         assert_eq!(f.alloc(2), Some(40));
         assert_eq!(f.alloc(1), None, "the double-freed page is handed out once");
+    }
+
+    #[test]
+    fn batched_release_merges_like_single_inserts() {
+        let mut batched = Freelist::default();
+        let mut single = Freelist::default();
+        for f in [&mut batched, &mut single] {
+            f.insert_free(100, 3);
+            f.insert_free(200, 1);
+        }
+        // 40 scattered, some adjacent to each other or to the existing extents.
+        let ext: Vec<(u64, u64)> = (0..40u64)
+            .map(|i| (if i % 3 == 0 { 103 + i } else { 300 + 7 * i }, 1))
+            .collect();
+        for &(s, n) in &ext {
+            batched.add_pending(9, s, n);
+        }
+        batched.release(9);
+        for &(s, n) in &ext {
+            single.insert_free(s, n);
+        }
+        assert_eq!(batched.extents(), single.all_extents().unwrap());
+        assert_eq!(batched.free_pages(), 4 + 40);
+        assert_eq!(batched.pending_pages(), 0);
+        // Lowest page first, extent by extent.
+        assert_eq!(batched.alloc(1), Some(100));
+        assert_eq!(batched.alloc(2), Some(101));
+        // A page freed twice (damaged file) is unioned, not counted twice.
+        for i in 0..20u64 {
+            batched.add_pending(10, 1000 + i, 1);
+        }
+        batched.add_pending(10, 1000, 1);
+        batched.release(10);
+        assert_eq!(batched.free_pages(), 41 + 20);
     }
 }

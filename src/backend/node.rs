@@ -1,200 +1,339 @@
-//! In-memory form of a branch or leaf page inside the write transaction, its page encoding,
-//! and the choice of split points.
+//! A branch or leaf page being edited by the write transaction (a *dirty page*), and the
+//! choice of split points.
 //!
-//! The writer decodes a page into a [`Node`] when it first copies it (copy-on-write), edits
-//! the node in memory, and encodes it again at publish.
+//! A dirty page keeps the on-disk layout of FORMAT.md (header, slot array, cells) in one
+//! page-sized buffer and is edited in place, like a slotted page: copy-on-write copies the
+//! 4 KiB of a clean page, an insert writes one cell into the free gap between the slot array
+//! and the cells and shifts the slots, a delete drops a slot and leaves a hole that the next
+//! insert needing the room compacts away. Publish only fills in the header and checksum
+//! ([`super::page::seal`]): nothing is decoded into owned keys and values and nothing is
+//! re-encoded. A change that does not fit the page is handed to the writer's split code
+//! as a list of cells ([`PageBuf::cell`]), which rebuilds pages with [`PageBuf::build`].
 
 use super::page::*;
-use super::view::{self, Loc, View};
+use super::view::{self, Loc};
 use super::{Error, Result, PAGE_SIZE};
-
-/// A key held by a node. Keys longer than [`KEY_INLINE_MAX`] live in an overflow run owned by
-/// this key (`ovf` is its head page; 0 for inline keys). A run is never shared: a separator
-/// copied from a long leaf key gets its own run.
-#[derive(Clone, Debug)]
-pub(crate) struct Key {
-    pub bytes: Vec<u8>,
-    pub ovf: u64,
-}
-
-/// A value held by a leaf: inline bytes, or an overflow run `(head page, length)` it owns.
-#[derive(Clone, Debug)]
-pub(crate) enum Val {
-    Inline(Vec<u8>),
-    Ovf(u64, usize),
-}
-
-/// A decoded branch or leaf.
-#[derive(Clone, Debug)]
-pub(crate) enum Node {
-    /// Entries in strictly increasing key order.
-    Leaf(Vec<(Key, Val)>),
-    /// `children.len() == keys.len() + 1`; `keys[i]` is the smallest key of `children[i+1]`'s
-    /// subtree boundary: keys `>= keys[i]` go right of it.
-    Branch { keys: Vec<Key>, children: Vec<u64> },
-}
 
 /// Smallest size (bytes of slots + cells) below which a non-root node is merged with, or
 /// refilled from, a sibling.
 pub(crate) const MIN_FILL: usize = USABLE / 4;
 
-fn key_part(k: &Key) -> usize {
-    if k.ovf != 0 {
-        8
+/// Largest leaf cell: header, an inline key of [`KEY_INLINE_MAX`] bytes and an inline value
+/// of [`VAL_INLINE_MAX`] bytes.
+pub(crate) const MAX_LEAF_CELL: usize = LEAF_CELL_HDR + KEY_INLINE_MAX + VAL_INLINE_MAX;
+
+/// A dirty branch or leaf page in the on-disk layout.
+///
+/// Invariants (checked by [`PageBuf::assert_valid`] in debug builds): the buffer is one page;
+/// byte 4 is the kind, bytes 6..8 the slot count `n`; the slot array `[HDR, HDR + 2n)` is
+/// followed by free space up to `top`; every cell lies in `[top, PAGE_SIZE)`; `used` is the
+/// bytes of all slots and live cells and at most [`USABLE`]. Cells may leave holes (after
+/// deletes); [`PageBuf::compact`] removes them.
+pub(crate) struct PageBuf {
+    b: Box<[u8]>,
+    top: usize,
+    used: usize,
+}
+
+/// Bytes of the leaf cell for key `k` and value `v` (inline or overflow references).
+pub(crate) fn leaf_cell_size(k: Loc<'_>, v: Loc<'_>) -> usize {
+    LEAF_CELL_HDR + loc_part(k) + loc_part(v)
+}
+
+fn loc_part(l: Loc<'_>) -> usize {
+    match l {
+        Loc::Inline(b) => b.len(),
+        Loc::Ovf(..) => 8,
+    }
+}
+
+fn put_loc(out: &mut [u8], at: usize, l: Loc<'_>) -> usize {
+    match l {
+        Loc::Inline(b) => {
+            out[at..at + b.len()].copy_from_slice(b);
+            b.len()
+        }
+        Loc::Ovf(pg, _) => {
+            wr_u64(out, at, pg);
+            8
+        }
+    }
+}
+
+fn loc_len(l: Loc<'_>) -> usize {
+    match l {
+        Loc::Inline(b) => b.len(),
+        Loc::Ovf(_, len) => len,
+    }
+}
+
+/// Writes the leaf cell for `k`, `v` to the front of `out` (at least
+/// [`leaf_cell_size`] bytes); returns its length.
+pub(crate) fn write_leaf_cell(out: &mut [u8], k: Loc<'_>, v: Loc<'_>) -> usize {
+    debug_assert!(out.len() >= leaf_cell_size(k, v));
+    let mut flags = 0;
+    if matches!(k, Loc::Ovf(..)) {
+        flags |= FLAG_KEY_OVF;
+    }
+    if matches!(v, Loc::Ovf(..)) {
+        flags |= FLAG_VAL_OVF;
+    }
+    out[0] = flags;
+    wr_u16(out, 1, loc_len(k) as u16);
+    wr_u32(out, 3, loc_len(v) as u32);
+    let mut at = LEAF_CELL_HDR;
+    at += put_loc(out, at, k);
+    at += put_loc(out, at, v);
+    at
+}
+
+/// The branch cell pointing at `child` with separator `k` (`Inline(&[])` for cell 0).
+pub(crate) fn branch_cell_bytes(child: u64, k: Loc<'_>) -> Vec<u8> {
+    let mut c = vec![0u8; BRANCH_CELL_HDR + loc_part(k)];
+    wr_u64(&mut c, 0, child);
+    c[8] = if matches!(k, Loc::Ovf(..)) {
+        FLAG_KEY_OVF
     } else {
-        k.bytes.len()
-    }
-}
-
-/// Bytes a leaf entry takes in a page (slot + cell).
-pub(crate) fn leaf_entry_size(k: &Key, v: &Val) -> usize {
-    let vp = match v {
-        Val::Inline(b) => b.len(),
-        Val::Ovf(..) => 8,
+        0
     };
-    2 + LEAF_CELL_HDR + key_part(k) + vp
+    wr_u16(&mut c, 9, loc_len(k) as u16);
+    put_loc(&mut c, BRANCH_CELL_HDR, k);
+    c
 }
 
-/// Bytes a branch entry with separator `k` takes (slot + cell); the first entry has no key.
-pub(crate) fn branch_entry_size(k: Option<&Key>) -> usize {
-    2 + BRANCH_CELL_HDR + k.map_or(0, key_part)
-}
+impl PageBuf {
+    /// An empty leaf or branch page.
+    #[cfg(test)]
+    pub(crate) fn empty(leaf: bool) -> PageBuf {
+        let mut b = vec![0u8; PAGE_SIZE].into_boxed_slice();
+        b[4] = if leaf { KIND_LEAF } else { KIND_BRANCH };
+        PageBuf {
+            b,
+            top: PAGE_SIZE,
+            used: 0,
+        }
+    }
 
-impl Node {
-    /// Number of entries (leaf) or children (branch).
+    /// A copy of the verified (checksum and cell directory, see [`view::validate_node`])
+    /// clean page `p`, ready to edit.
+    pub(crate) fn from_page(p: &[u8]) -> PageBuf {
+        debug_assert_eq!(p.len(), PAGE_SIZE);
+        let b: Box<[u8]> = p.into();
+        let mut pb = PageBuf {
+            b,
+            top: PAGE_SIZE,
+            used: 0,
+        };
+        let n = pb.len();
+        let mut used = 2 * n;
+        let mut top = PAGE_SIZE;
+        for i in 0..n {
+            let off = view::slot(&pb.b, i);
+            used += pb.cell_len_at(off);
+            top = top.min(off);
+        }
+        pb.top = top;
+        pb.used = used;
+        pb.assert_valid();
+        pb
+    }
+
+    /// Builds a page of kind `leaf` holding `cells` in order (they must fit).
+    #[cfg(test)]
+    pub(crate) fn build<'c>(leaf: bool, cells: impl IntoIterator<Item = &'c [u8]>) -> PageBuf {
+        PageBuf::build_in(PageBuf::empty(leaf).b, leaf, cells)
+    }
+
+    /// Like [`PageBuf::build`], reusing the page-sized buffer `b` (an earlier dirty page of
+    /// this transaction) instead of allocating and zeroing one. Bytes outside the new cells
+    /// keep old content of this transaction's own pages (unspecified by the format).
+    pub(crate) fn build_in<'c>(
+        mut b: Box<[u8]>,
+        leaf: bool,
+        cells: impl IntoIterator<Item = &'c [u8]>,
+    ) -> PageBuf {
+        debug_assert_eq!(b.len(), PAGE_SIZE);
+        b[4] = if leaf { KIND_LEAF } else { KIND_BRANCH };
+        wr_u16(&mut b, 6, 0);
+        let mut pb = PageBuf {
+            b,
+            top: PAGE_SIZE,
+            used: 0,
+        };
+        for (i, c) in cells.into_iter().enumerate() {
+            pb.insert(i, c);
+        }
+        pb
+    }
+
+    /// A stand-in holding no buffer, for moving a page out of a map slot; never used as a
+    /// page.
+    pub(crate) fn placeholder() -> PageBuf {
+        PageBuf {
+            b: Box::default(),
+            top: 0,
+            used: 0,
+        }
+    }
+
+    /// The page-sized buffer, for reuse by [`PageBuf::build_in`].
+    pub(crate) fn into_buf(self) -> Box<[u8]> {
+        self.b
+    }
+
+    /// The page bytes (header fields other than kind and count are stale until sealed).
+    #[inline]
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.b
+    }
+
+    /// The buffer, for sealing and writing.
+    pub(crate) fn into_vec(self) -> Vec<u8> {
+        self.b.into_vec()
+    }
+
+    /// Whether this is a leaf page.
+    #[inline]
+    pub(crate) fn is_leaf(&self) -> bool {
+        self.b[4] == KIND_LEAF
+    }
+
+    /// Number of cells (leaf entries or branch children).
+    #[inline]
     pub(crate) fn len(&self) -> usize {
-        match self {
-            Node::Leaf(e) => e.len(),
-            Node::Branch { children, .. } => children.len(),
-        }
+        view::count(&self.b)
     }
 
-    /// Per-entry sizes; for a branch, entry `i > 0` carries `keys[i-1]`.
-    pub(crate) fn entry_sizes(&self) -> Vec<usize> {
-        match self {
-            Node::Leaf(e) => e.iter().map(|(k, v)| leaf_entry_size(k, v)).collect(),
-            Node::Branch { keys, children } => (0..children.len())
-                .map(|i| branch_entry_size(if i == 0 { None } else { Some(&keys[i - 1]) }))
-                .collect(),
-        }
-    }
-
-    /// Bytes of slots and cells when encoded.
+    /// Bytes of slots and live cells.
+    #[inline]
     pub(crate) fn size(&self) -> usize {
-        self.entry_sizes().iter().sum()
+        self.used
     }
 
-    /// Encodes into a sealed page with id `id` written by `txid`.
-    pub(crate) fn encode(&self, id: u64, txid: u64) -> Vec<u8> {
-        let mut p = vec![0u8; PAGE_SIZE];
-        let n = self.len();
-        debug_assert!(n > 0 && n <= u16::MAX as usize);
-        debug_assert!(self.size() <= USABLE, "node {id} overflows its page");
-        let mut at = HDR + 2 * n;
-        let put_key = |p: &mut [u8], at: usize, k: &Key| -> usize {
-            if k.ovf != 0 {
-                wr_u64(p, at, k.ovf);
-                8
-            } else {
-                p[at..at + k.bytes.len()].copy_from_slice(&k.bytes);
-                k.bytes.len()
-            }
-        };
-        let kind = match self {
-            Node::Leaf(entries) => {
-                for (i, (k, v)) in entries.iter().enumerate() {
-                    wr_u16(&mut p, HDR + 2 * i, at as u16);
-                    let mut flags = 0;
-                    if k.ovf != 0 {
-                        flags |= FLAG_KEY_OVF;
-                    }
-                    let vlen = match v {
-                        Val::Inline(b) => b.len(),
-                        Val::Ovf(_, len) => {
-                            flags |= FLAG_VAL_OVF;
-                            *len
-                        }
-                    };
-                    p[at] = flags;
-                    wr_u16(&mut p, at + 1, k.bytes.len() as u16);
-                    wr_u32(&mut p, at + 3, vlen as u32);
-                    at += LEAF_CELL_HDR;
-                    at += put_key(&mut p, at, k);
-                    match v {
-                        Val::Inline(b) => {
-                            p[at..at + b.len()].copy_from_slice(b);
-                            at += b.len();
-                        }
-                        Val::Ovf(pg, _) => {
-                            wr_u64(&mut p, at, *pg);
-                            at += 8;
-                        }
-                    }
-                }
-                KIND_LEAF
-            }
-            Node::Branch { keys, children } => {
-                for (i, &c) in children.iter().enumerate() {
-                    wr_u16(&mut p, HDR + 2 * i, at as u16);
-                    wr_u64(&mut p, at, c);
-                    let k = if i == 0 { None } else { Some(&keys[i - 1]) };
-                    p[at + 8] = if k.is_some_and(|k| k.ovf != 0) {
-                        FLAG_KEY_OVF
-                    } else {
-                        0
-                    };
-                    wr_u16(&mut p, at + 9, k.map_or(0, |k| k.bytes.len()) as u16);
-                    at += BRANCH_CELL_HDR;
-                    if let Some(k) = k {
-                        at += put_key(&mut p, at, k);
-                    }
-                }
-                KIND_BRANCH
-            }
-        };
-        debug_assert!(at <= PAGE_SIZE);
-        seal(&mut p, kind, n as u16, id, txid, 0);
-        p
+    /// Whether cells taking `extra` more bytes (their slots included) fit.
+    #[inline]
+    pub(crate) fn fits(&self, extra: usize) -> bool {
+        self.used + extra <= USABLE
     }
 
-    /// Decodes the clean page `pg` of the snapshot `v` (copying keys, not overflow values).
-    pub(crate) fn decode(v: &View<'_>, pg: u64) -> Result<Node> {
-        let (p, leaf) = view::node_page(v, pg)?;
-        let n = view::count(p);
-        let key = |loc: Loc<'_>| -> Result<Key> {
-            Ok(match loc {
-                Loc::Inline(b) => Key {
-                    bytes: b.to_vec(),
-                    ovf: 0,
-                },
-                Loc::Ovf(opg, len) => Key {
-                    bytes: v.overflow(opg, len)?.to_vec(),
-                    ovf: opg,
-                },
-            })
-        };
-        if leaf {
-            let mut entries = Vec::with_capacity(n);
-            for i in 0..n {
-                let (k, val) = view::leaf_cell(p, i)?;
-                let val = match val {
-                    Loc::Inline(b) => Val::Inline(b.to_vec()),
-                    Loc::Ovf(opg, len) => Val::Ovf(opg, len),
-                };
-                entries.push((key(k)?, val));
-            }
-            Ok(Node::Leaf(entries))
+    #[inline]
+    fn cell_len_at(&self, off: usize) -> usize {
+        if self.is_leaf() {
+            view::leaf_cell_len(&self.b, off)
         } else {
-            let mut keys = Vec::with_capacity(n.saturating_sub(1));
-            let mut children = Vec::with_capacity(n);
+            view::branch_cell_len(&self.b, off)
+        }
+    }
+
+    /// The bytes of cell `i`.
+    #[inline]
+    pub(crate) fn cell(&self, i: usize) -> &[u8] {
+        let off = view::slot(&self.b, i);
+        &self.b[off..off + self.cell_len_at(off)]
+    }
+
+    /// Inserts `cell` as cell `i` (`i <= len`); the caller checked [`PageBuf::fits`] for
+    /// `2 + cell.len()` bytes.
+    pub(crate) fn insert(&mut self, i: usize, cell: &[u8]) {
+        let n = self.len();
+        debug_assert!(i <= n && self.fits(2 + cell.len()));
+        if self.top < HDR + 2 * (n + 1) + cell.len() {
+            self.compact();
+        }
+        self.top -= cell.len();
+        let top = self.top;
+        self.b[top..top + cell.len()].copy_from_slice(cell);
+        self.b
+            .copy_within(HDR + 2 * i..HDR + 2 * n, HDR + 2 * i + 2);
+        wr_u16(&mut self.b, HDR + 2 * i, top as u16);
+        wr_u16(&mut self.b, 6, (n + 1) as u16);
+        self.used += 2 + cell.len();
+        self.assert_valid();
+    }
+
+    /// Removes cell `i`; its bytes become a hole until the next compaction.
+    pub(crate) fn remove(&mut self, i: usize) {
+        let n = self.len();
+        debug_assert!(i < n);
+        let off = view::slot(&self.b, i);
+        let len = self.cell_len_at(off);
+        if off == self.top {
+            self.top += len;
+        }
+        self.b
+            .copy_within(HDR + 2 * i + 2..HDR + 2 * n, HDR + 2 * i);
+        wr_u16(&mut self.b, 6, (n - 1) as u16);
+        self.used -= 2 + len;
+        if n == 1 {
+            self.top = PAGE_SIZE;
+        }
+        self.assert_valid();
+    }
+
+    /// Replaces cell `i` by `cell` if it fits (in place when the length is unchanged);
+    /// returns false, changing nothing, if it does not.
+    pub(crate) fn replace(&mut self, i: usize, cell: &[u8]) -> bool {
+        let off = view::slot(&self.b, i);
+        let old = self.cell_len_at(off);
+        if old == cell.len() {
+            self.b[off..off + old].copy_from_slice(cell);
+            return true;
+        }
+        if !self.fits(cell.len().saturating_sub(old)) {
+            return false;
+        }
+        self.remove(i);
+        self.insert(i, cell);
+        true
+    }
+
+    /// Points branch cell `i` at `child`.
+    #[inline]
+    pub(crate) fn set_child(&mut self, i: usize, child: u64) {
+        debug_assert!(!self.is_leaf());
+        let off = view::slot(&self.b, i);
+        wr_u64(&mut self.b, off, child);
+    }
+
+    /// Moves all cells to the end of the page, removing holes.
+    fn compact(&mut self) {
+        let n = self.len();
+        let mut scratch = [0u8; PAGE_SIZE];
+        scratch.copy_from_slice(&self.b);
+        let leaf = self.is_leaf();
+        let mut top = PAGE_SIZE;
+        for i in 0..n {
+            let off = view::slot(&scratch, i);
+            let len = if leaf {
+                view::leaf_cell_len(&scratch, off)
+            } else {
+                view::branch_cell_len(&scratch, off)
+            };
+            top -= len;
+            self.b[top..top + len].copy_from_slice(&scratch[off..off + len]);
+            wr_u16(&mut self.b, HDR + 2 * i, top as u16);
+        }
+        self.top = top;
+        debug_assert_eq!(PAGE_SIZE - top + 2 * n, self.used);
+    }
+
+    /// Checks the invariants (debug builds only).
+    #[inline]
+    fn assert_valid(&self) {
+        #[cfg(debug_assertions)]
+        {
+            let n = self.len();
+            assert!(HDR + 2 * n <= self.top && self.top <= PAGE_SIZE);
+            assert!(self.used <= USABLE);
+            let mut used = 2 * n;
             for i in 0..n {
-                let (c, k) = view::branch_cell(p, i)?;
-                children.push(c);
-                if i > 0 {
-                    keys.push(key(k)?);
-                }
+                let off = view::slot(&self.b, i);
+                assert!(off >= self.top, "cell {i} at {off} below top {}", self.top);
+                let len = self.cell_len_at(off);
+                assert!(off + len <= PAGE_SIZE);
+                used += len;
             }
-            Ok(Node::Branch { keys, children })
+            assert_eq!(used, self.used);
         }
     }
 }
@@ -245,72 +384,137 @@ pub(crate) fn split_points(sizes: &[usize], cap: usize, append: bool) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::view::Bitmap;
+    use std::collections::BTreeMap;
 
-    fn k(b: &[u8]) -> Key {
-        Key {
-            bytes: b.to_vec(),
-            ovf: 0,
+    fn leaf_cell(k: &[u8], v: &[u8]) -> Vec<u8> {
+        let mut c = vec![0u8; leaf_cell_size(Loc::Inline(k), Loc::Inline(v))];
+        let n = write_leaf_cell(&mut c, Loc::Inline(k), Loc::Inline(v));
+        assert_eq!(n, c.len());
+        c
+    }
+
+    fn contents(pb: &PageBuf) -> Vec<(Vec<u8>, Vec<u8>)> {
+        (0..pb.len())
+            .map(|i| match view::leaf_cell(pb.bytes(), i) {
+                (Loc::Inline(k), Loc::Inline(v)) => (k.to_vec(), v.to_vec()),
+                other => panic!("unexpected overflow reference {other:?}"),
+            })
+            .collect()
+    }
+
+    /// A deterministic xorshift generator (no dependency needed for a unit test).
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+    }
+
+    /// Random inserts, replacements (of other lengths) and deletes on one page against a
+    /// `BTreeMap`, checking contents, size accounting and that the sealed page passes the
+    /// reader's validation after every step.
+    #[test]
+    fn in_place_edits_match_a_model() {
+        let iters: usize = std::env::var("COREKV_PAGEBUF_ITERS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(3000);
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let mut pb = PageBuf::empty(true);
+        let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        for step in 0..iters {
+            let key = format!("k{:03}", rng.next() % 200).into_bytes();
+            let vlen = (rng.next() % 300) as usize;
+            let val: Vec<u8> = (0..vlen).map(|j| (step + j) as u8).collect();
+            let pos = model.range::<Vec<u8>, _>(..&key).count();
+            let present = model.contains_key(&key);
+            if rng.next().is_multiple_of(3) {
+                if present {
+                    pb.remove(pos);
+                    model.remove(&key);
+                }
+            } else {
+                let cell = leaf_cell(&key, &val);
+                let ok = if present {
+                    pb.replace(pos, &cell)
+                } else if pb.fits(2 + cell.len()) {
+                    pb.insert(pos, &cell);
+                    true
+                } else {
+                    false
+                };
+                if ok {
+                    model.insert(key, val);
+                } else {
+                    // Did not fit: the model says the page would overflow.
+                    let old = model.get(&key).map_or(0, |v| v.len() + key.len() + 7 + 2);
+                    assert!(pb.size() - old + cell.len() + 2 > USABLE);
+                }
+            }
+            let want: Vec<_> = model.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            assert_eq!(contents(&pb), want, "step {step}");
+            let size: usize = want.iter().map(|(k, v)| 2 + 7 + k.len() + v.len()).sum();
+            assert_eq!(pb.size(), size, "step {step}");
+            if pb.len() > 0 {
+                let mut page = pb.bytes().to_vec();
+                seal(&mut page, KIND_LEAF, pb.len() as u16, 7, 1, 0);
+                view::validate_node(&page, true).unwrap();
+                // A copy of the sealed page edits like the original.
+                let copy = PageBuf::from_page(&page);
+                assert_eq!((copy.size(), contents(&copy)), (pb.size(), want));
+            }
         }
     }
 
     #[test]
-    fn leaf_and_branch_roundtrip_through_a_page() {
-        let bits = Bitmap::new(16).unwrap();
-        let mut map = vec![0u8; 4 * PAGE_SIZE];
-        let leaf = Node::Leaf(vec![
-            (k(b"a"), Val::Inline(b"1".to_vec())),
-            (k(b"bb"), Val::Ovf(3, 5000)),
-            (
-                Key {
-                    bytes: vec![7; 600],
-                    ovf: 3,
-                },
-                Val::Inline(vec![]),
-            ),
-        ]);
-        map[2 * PAGE_SIZE..3 * PAGE_SIZE].copy_from_slice(&leaf.encode(2, 1));
-        // Page 3: the overflow run of the long key.
-        let mut run = vec![0u8; PAGE_SIZE];
-        run[HDR..HDR + 600].fill(7);
-        seal(&mut run, KIND_OVERFLOW, 0, 3, 1, 600);
-        map[3 * PAGE_SIZE..].copy_from_slice(&run);
-        let v = View::new(&map, 4, &bits);
-        match Node::decode(&v, 2).unwrap() {
-            Node::Leaf(e) => {
-                assert_eq!(e.len(), 3);
-                assert_eq!(e[1].0.bytes, b"bb");
-                assert!(matches!(e[1].1, Val::Ovf(3, 5000)));
-                assert_eq!((e[2].0.bytes.len(), e[2].0.ovf), (600, 3));
-            }
-            n => panic!("decoded {n:?}"),
-        }
-        let br = Node::Branch {
-            keys: vec![k(b"m")],
-            children: vec![5, 6],
-        };
-        map[2 * PAGE_SIZE..3 * PAGE_SIZE].copy_from_slice(&br.encode(2, 2));
-        bits.clear(2, 1);
-        let v = View::new(&map, 4, &bits);
-        match Node::decode(&v, 2).unwrap() {
-            Node::Branch { keys, children } => {
-                assert_eq!(children, vec![5, 6]);
-                assert_eq!(keys[0].bytes, b"m");
-            }
-            n => panic!("decoded {n:?}"),
-        }
+    fn build_cells_and_branch_children() {
+        let cells = [
+            branch_cell_bytes(5, Loc::Inline(&[])),
+            branch_cell_bytes(6, Loc::Inline(b"m")),
+            branch_cell_bytes(7, Loc::Ovf(9, 600)),
+        ];
+        let mut pb = PageBuf::build(false, cells.iter().map(|c| &c[..]));
+        assert_eq!(pb.len(), 3);
+        pb.set_child(1, 8);
+        let p = pb.bytes();
+        assert_eq!(view::branch_child(p, 0), 5);
+        assert_eq!(view::branch_child(p, 1), 8);
+        assert!(matches!(view::branch_key(p, 1), Loc::Inline(b"m")));
+        assert!(matches!(view::branch_key(p, 2), Loc::Ovf(9, 600)));
+        assert_eq!(pb.cell(2), &cells[2][..]);
+        pb.remove(0);
+        assert_eq!(view::branch_child(pb.bytes(), 0), 8);
+        assert_eq!(pb.size(), 2 * 2 + 11 + 1 + 11 + 8);
     }
 
     #[test]
-    fn flipped_byte_is_reported_not_panicked() {
-        let bits = Bitmap::new(16).unwrap();
-        let mut map = vec![0u8; 3 * PAGE_SIZE];
-        let leaf = Node::Leaf(vec![(k(b"a"), Val::Inline(b"1".to_vec()))]);
-        map[2 * PAGE_SIZE..].copy_from_slice(&leaf.encode(2, 1));
-        map[2 * PAGE_SIZE + 50] ^= 0x10;
-        let v = View::new(&map, 3, &bits);
-        let e = Node::decode(&v, 2).unwrap_err().to_string();
-        assert!(e.contains("page 2") && e.contains("checksum"), "{e}");
+    fn validation_rejects_bad_cell_directories() {
+        let cells = [leaf_cell(b"a", b"1"), leaf_cell(b"b", b"22")];
+        let pb = PageBuf::build(true, cells.iter().map(|c| &c[..]));
+        let mut page = pb.into_vec();
+        seal(&mut page, KIND_LEAF, 2, 3, 1, 0);
+        view::validate_node(&page, true).unwrap();
+        // A slot pointing into the slot array, one past the page, a value running off it.
+        for (at, val) in [(HDR, HDR as u16), (HDR + 2, PAGE_SIZE as u16 - 3)] {
+            let mut bad = page.clone();
+            wr_u16(&mut bad, at, val);
+            let e = view::validate_node(&bad, true).unwrap_err();
+            assert!(e.contains("page 3") && e.contains("cell"), "{e}");
+        }
+        let mut bad = page.clone();
+        let off = view::slot(&bad, 1);
+        wr_u32(&mut bad, off + 3, 5000); // inline value longer than VAL_INLINE_MAX
+        assert!(view::validate_node(&bad, true)
+            .unwrap_err()
+            .contains("value length"));
+        let mut bad = page;
+        wr_u16(&mut bad, 6, 3000); // more slots than fit
+        assert!(view::validate_node(&bad, true)
+            .unwrap_err()
+            .contains("slots"));
     }
 
     #[test]

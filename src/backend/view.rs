@@ -80,6 +80,17 @@ pub(crate) enum Loc<'a> {
     Ovf(u64, usize),
 }
 
+impl Loc<'_> {
+    /// The overflow run `(head page, length)` this location refers to, if any.
+    #[inline]
+    pub(crate) fn run(self) -> Option<(u64, usize)> {
+        match self {
+            Loc::Inline(_) => None,
+            Loc::Ovf(pg, len) => Some((pg, len)),
+        }
+    }
+}
+
 impl<'a> View<'a> {
     /// Builds a view over the first `hw` pages of `map`. `map.len()` must be at least
     /// `hw * PAGE_SIZE` and those bytes must be backed by the file.
@@ -125,8 +136,8 @@ impl<'a> View<'a> {
         let all = self.bytes(pg, run);
         if !self.bits.get(pg) {
             verify_run(pg, all).map_err(Error::Corrupt)?;
-            if !multi && HDR + 2 * h.count as usize > PAGE_SIZE {
-                return corrupt(format!("page {pg}: {} slots do not fit", h.count));
+            if !multi {
+                validate_node(all, kind == KIND_LEAF).map_err(Error::Corrupt)?;
             }
             self.bits.set(pg);
         }
@@ -146,15 +157,6 @@ impl<'a> View<'a> {
         }
         Ok(&run[HDR..HDR + len])
     }
-
-    /// The bytes of a key or value location.
-    #[inline]
-    pub(crate) fn resolve(&self, loc: Loc<'a>) -> Result<&'a [u8]> {
-        match loc {
-            Loc::Inline(b) => Ok(b),
-            Loc::Ovf(pg, len) => self.overflow(pg, len),
-        }
-    }
 }
 
 /// Number of entries of a (verified) branch or leaf page.
@@ -163,90 +165,196 @@ pub(crate) fn count(p: &[u8]) -> usize {
     rd_u16(p, 6) as usize
 }
 
+/// Whether a verified branch or leaf page is a leaf.
+#[inline]
+pub(crate) fn is_leaf(p: &[u8]) -> bool {
+    p[4] == KIND_LEAF
+}
+
 /// Page id of a verified page (from its header).
 #[inline]
 pub(crate) fn page_id(p: &[u8]) -> u64 {
     rd_u64(p, 8)
 }
 
+/// Byte offset of cell `i` (from the slot array).
 #[inline]
-fn cell_off(p: &[u8], i: usize, hdr: usize) -> Result<usize> {
+pub(crate) fn slot(p: &[u8], i: usize) -> usize {
     debug_assert!(i < count(p));
-    let off = rd_u16(p, HDR + 2 * i) as usize;
-    if off < HDR || off + hdr > PAGE_SIZE {
-        return corrupt(format!(
-            "page {}: cell {i} offset {off} out of bounds",
-            page_id(p)
-        ));
-    }
-    Ok(off)
+    rd_u16(p, HDR + 2 * i) as usize
 }
 
+/// Bytes taken by an inline key/value part or an overflow reference.
 #[inline]
-fn loc_at<'a>(
-    p: &'a [u8],
-    i: usize,
-    at: usize,
-    ovf: bool,
-    len: usize,
-    max: usize,
-) -> Result<Loc<'a>> {
-    if len > max {
-        return corrupt(format!(
-            "page {}: cell {i} length {len} exceeds limit {max}",
-            page_id(p)
-        ));
-    }
+fn part_len(ovf: bool, len: usize) -> usize {
     if ovf {
-        if at + 8 > PAGE_SIZE {
-            return corrupt(format!("page {}: cell {i} overruns the page", page_id(p)));
-        }
-        Ok(Loc::Ovf(rd_u64(p, at), len))
+        8
     } else {
-        if at + len > PAGE_SIZE {
-            return corrupt(format!("page {}: cell {i} overruns the page", page_id(p)));
-        }
-        Ok(Loc::Inline(&p[at..at + len]))
+        len
     }
 }
 
-/// Key and value locations of leaf cell `i`.
 #[inline]
-pub(crate) fn leaf_cell(p: &[u8], i: usize) -> Result<(Loc<'_>, Loc<'_>)> {
-    let off = cell_off(p, i, LEAF_CELL_HDR)?;
+fn loc(p: &[u8], at: usize, ovf: bool, len: usize) -> Loc<'_> {
+    if ovf {
+        Loc::Ovf(rd_u64(p, at), len)
+    } else {
+        Loc::Inline(&p[at..at + len])
+    }
+}
+
+/// Length in bytes of the leaf cell at byte `off` (header, key part, value part).
+#[inline]
+pub(crate) fn leaf_cell_len(p: &[u8], off: usize) -> usize {
+    let flags = p[off];
+    let klen = rd_u16(p, off + 1) as usize;
+    let vlen = rd_u32(p, off + 3) as usize;
+    LEAF_CELL_HDR
+        + part_len(flags & FLAG_KEY_OVF != 0, klen)
+        + part_len(flags & FLAG_VAL_OVF != 0, vlen)
+}
+
+/// Length in bytes of the branch cell at byte `off` (header, key part).
+#[inline]
+pub(crate) fn branch_cell_len(p: &[u8], off: usize) -> usize {
+    let klen = rd_u16(p, off + 9) as usize;
+    BRANCH_CELL_HDR + part_len(p[off + 8] & FLAG_KEY_OVF != 0, klen)
+}
+
+/// Checks the slot array and every cell of a branch or leaf page whose checksum was just
+/// verified: slots fit, every cell lies after the slot array and inside the page, lengths
+/// respect the format's limits (inline parts at most [`KEY_INLINE_MAX`] /
+/// [`VAL_INLINE_MAX`]), and slots plus cells fit in [`USABLE`] bytes. A page that passed is
+/// remembered in the verified bitmap, so the accessors below ([`leaf_cell`], [`branch_cell`],
+/// ...) index without re-validating: on such a page they cannot go out of bounds.
+pub(crate) fn validate_node(p: &[u8], leaf: bool) -> std::result::Result<(), String> {
+    let id = page_id(p);
+    let n = count(p);
+    if n == 0 {
+        let kind = if leaf { "leaf" } else { "branch" };
+        return Err(format!("page {id}: empty {kind} page"));
+    }
+    let dir_end = HDR + 2 * n;
+    if dir_end > PAGE_SIZE {
+        return Err(format!("page {id}: {n} slots do not fit"));
+    }
+    let hdr = if leaf { LEAF_CELL_HDR } else { BRANCH_CELL_HDR };
+    let mut total = 2 * n;
+    for i in 0..n {
+        let off = rd_u16(p, HDR + 2 * i) as usize;
+        if off < dir_end || off + hdr > PAGE_SIZE {
+            return Err(format!("page {id}: cell {i} offset {off} out of bounds"));
+        }
+        let (klen, kovf) = if leaf {
+            (rd_u16(p, off + 1) as usize, p[off] & FLAG_KEY_OVF != 0)
+        } else {
+            (rd_u16(p, off + 9) as usize, p[off + 8] & FLAG_KEY_OVF != 0)
+        };
+        if klen > MAX_KEY_SIZE || (!kovf && klen > KEY_INLINE_MAX) {
+            return Err(format!(
+                "page {id}: cell {i} key length {klen} exceeds its limit"
+            ));
+        }
+        let len = if leaf {
+            let vlen = rd_u32(p, off + 3) as usize;
+            let vovf = p[off] & FLAG_VAL_OVF != 0;
+            if vlen > MAX_VALUE_SIZE || (!vovf && vlen > VAL_INLINE_MAX) {
+                return Err(format!(
+                    "page {id}: cell {i} value length {vlen} exceeds its limit"
+                ));
+            }
+            leaf_cell_len(p, off)
+        } else {
+            branch_cell_len(p, off)
+        };
+        if off + len > PAGE_SIZE {
+            return Err(format!("page {id}: cell {i} overruns the page"));
+        }
+        total += len;
+    }
+    if total > USABLE {
+        return Err(format!(
+            "page {id}: slots and cells take {total} bytes, more than the {USABLE} available"
+        ));
+    }
+    Ok(())
+}
+
+/// Key location of a leaf cell given as its bytes (from its start).
+#[inline]
+pub(crate) fn cell_leaf_key(c: &[u8]) -> Loc<'_> {
+    let klen = rd_u16(c, 1) as usize;
+    loc(c, LEAF_CELL_HDR, c[0] & FLAG_KEY_OVF != 0, klen)
+}
+
+/// Separator key location of a branch cell given as its bytes (from its start).
+#[inline]
+pub(crate) fn cell_branch_key(c: &[u8]) -> Loc<'_> {
+    let klen = rd_u16(c, 9) as usize;
+    loc(c, BRANCH_CELL_HDR, c[8] & FLAG_KEY_OVF != 0, klen)
+}
+
+/// Key location of leaf cell `i` of a validated page.
+#[inline]
+pub(crate) fn leaf_key(p: &[u8], i: usize) -> Loc<'_> {
+    cell_leaf_key(&p[slot(p, i)..])
+}
+
+#[inline]
+fn leaf_cell_at(p: &[u8], off: usize) -> (Loc<'_>, Loc<'_>) {
     let flags = p[off];
     let klen = rd_u16(p, off + 1) as usize;
     let vlen = rd_u32(p, off + 3) as usize;
     let kovf = flags & FLAG_KEY_OVF != 0;
-    let k = loc_at(p, i, off + LEAF_CELL_HDR, kovf, klen, MAX_KEY_SIZE)?;
-    let kpart = if kovf { 8 } else { klen };
-    let v = loc_at(
+    let k = loc(p, off + LEAF_CELL_HDR, kovf, klen);
+    let v = loc(
         p,
-        i,
-        off + LEAF_CELL_HDR + kpart,
+        off + LEAF_CELL_HDR + part_len(kovf, klen),
         flags & FLAG_VAL_OVF != 0,
         vlen,
-        MAX_VALUE_SIZE,
-    )?;
-    Ok((k, v))
+    );
+    (k, v)
 }
 
-/// Child page id and separator key location of branch cell `i` (cell 0 has an empty key).
+/// Key and value locations of leaf cell `i` of a validated page.
 #[inline]
-pub(crate) fn branch_cell(p: &[u8], i: usize) -> Result<(u64, Loc<'_>)> {
-    let off = cell_off(p, i, BRANCH_CELL_HDR)?;
-    let child = rd_u64(p, off);
-    let flags = p[off + 8];
-    let klen = rd_u16(p, off + 9) as usize;
-    let k = loc_at(
-        p,
-        i,
-        off + BRANCH_CELL_HDR,
-        flags & FLAG_KEY_OVF != 0,
-        klen,
-        MAX_KEY_SIZE,
-    )?;
-    Ok((child, k))
+pub(crate) fn leaf_cell(p: &[u8], i: usize) -> (Loc<'_>, Loc<'_>) {
+    leaf_cell_at(p, slot(p, i))
+}
+
+/// Child page id of branch cell `i` of a validated page.
+#[inline]
+pub(crate) fn branch_child(p: &[u8], i: usize) -> u64 {
+    rd_u64(p, slot(p, i))
+}
+
+/// Separator key location of branch cell `i` of a validated page (cell 0: empty).
+#[inline]
+pub(crate) fn branch_key(p: &[u8], i: usize) -> Loc<'_> {
+    cell_branch_key(&p[slot(p, i)..])
+}
+
+/// Child page id and separator key location of branch cell `i` of a validated page.
+#[inline]
+pub(crate) fn branch_cell(p: &[u8], i: usize) -> (u64, Loc<'_>) {
+    (branch_child(p, i), branch_key(p, i))
+}
+
+/// Turns a key or value location into its bytes: inline bytes directly, overflow runs through
+/// the snapshot (and, for the writer, its own not yet published runs).
+pub(crate) trait Resolve<'a> {
+    /// The bytes at `loc`; an error if an overflow run is damaged.
+    fn resolve(&self, loc: Loc<'a>) -> Result<&'a [u8]>;
+}
+
+impl<'a> Resolve<'a> for View<'a> {
+    #[inline]
+    fn resolve(&self, loc: Loc<'a>) -> Result<&'a [u8]> {
+        match loc {
+            Loc::Inline(b) => Ok(b),
+            Loc::Ovf(pg, len) => self.overflow(pg, len),
+        }
+    }
 }
 
 /// Reads a page that is a branch or a leaf: returns (page, is_leaf).
@@ -255,27 +363,37 @@ pub(crate) fn node_page<'a>(v: &View<'a>, pg: u64) -> Result<(&'a [u8], bool)> {
     if pg < FIRST_DATA_PAGE || pg >= v.hw {
         return corrupt(format!("page id {pg} outside [2, {})", v.hw));
     }
-    let kind = v.map[pg as usize * PAGE_SIZE + 4];
+    let start = pg as usize * PAGE_SIZE;
+    let p = &v.map[start..start + PAGE_SIZE];
+    let kind = p[4];
+    // Fast path: a page verified (checksum, cell directory, non-empty) as this kind earlier.
+    // Any other page kind, or an overflow run's interior page, never has the bit with a
+    // branch/leaf kind byte (the bit is set only after page() checked the kind).
+    if (kind == KIND_LEAF || kind == KIND_BRANCH) && v.bits.get(pg) {
+        return Ok((p, kind == KIND_LEAF));
+    }
     let kind = if kind == KIND_LEAF {
         KIND_LEAF
     } else {
         KIND_BRANCH
     };
     let p = v.page(pg, kind)?;
-    if count(p) == 0 {
-        return corrupt(format!("page {pg}: empty {} page", kind_name(kind)));
-    }
     Ok((p, kind == KIND_LEAF))
 }
 
 /// In a branch page: index of the child whose subtree may hold `key`.
 #[inline]
-pub(crate) fn branch_search(v: &View<'_>, p: &[u8], key: &[u8], order: KeyOrder) -> Result<usize> {
+pub(crate) fn branch_search<'a>(
+    r: &impl Resolve<'a>,
+    p: &'a [u8],
+    key: &[u8],
+    order: KeyOrder,
+) -> Result<usize> {
     let n = count(p);
     let (mut lo, mut hi) = (1, n);
     while lo < hi {
         let mid = (lo + hi) / 2;
-        let k = v.resolve(branch_cell(p, mid)?.1)?;
+        let k = r.resolve(branch_key(p, mid))?;
         if order.compare(k, key) != Ordering::Greater {
             lo = mid + 1;
         } else {
@@ -287,16 +405,16 @@ pub(crate) fn branch_search(v: &View<'_>, p: &[u8], key: &[u8], order: KeyOrder)
 
 /// In a leaf page: the first index whose key is `>= key`, and whether it is equal.
 #[inline]
-pub(crate) fn leaf_search(
-    v: &View<'_>,
-    p: &[u8],
+pub(crate) fn leaf_search<'a>(
+    r: &impl Resolve<'a>,
+    p: &'a [u8],
     key: &[u8],
     order: KeyOrder,
 ) -> Result<(usize, bool)> {
     let (mut lo, mut hi) = (0, count(p));
     while lo < hi {
         let mid = (lo + hi) / 2;
-        let k = v.resolve(leaf_cell(p, mid)?.0)?;
+        let k = r.resolve(leaf_key(p, mid))?;
         match order.compare(k, key) {
             Ordering::Less => lo = mid + 1,
             Ordering::Equal => return Ok((mid, true)),
@@ -324,10 +442,10 @@ pub(crate) fn get<'a>(
             if !found {
                 return Ok(None);
             }
-            return v.resolve(leaf_cell(p, i)?.1).map(Some);
+            return v.resolve(leaf_cell(p, i).1).map(Some);
         }
         let i = branch_search(v, p, key, order)?;
-        pg = branch_cell(p, i)?.0;
+        pg = branch_child(p, i);
     }
     corrupt(format!(
         "tree at page {root}: deeper than {MAX_DEPTH} levels"
@@ -376,13 +494,31 @@ impl<'a> RawCursor<'a> {
         self.stack.last().map(|&(p, i)| (page_id(p), i))
     }
 
+    /// Whether both cursors are on the same entry (compares page addresses, not ids: the
+    /// cheapest test on the scan path).
+    #[inline]
+    fn same_pos(&self, other: &RawCursor<'_>) -> bool {
+        match (
+            self.state,
+            other.state,
+            self.stack.last(),
+            other.stack.last(),
+        ) {
+            (State::At, State::At, Some(&(p, i)), Some(&(q, j))) => {
+                i == j && std::ptr::eq(p.as_ptr(), q.as_ptr())
+            }
+            _ => false,
+        }
+    }
+
     /// The current entry.
+    #[inline]
     pub(crate) fn current(&self) -> Result<Option<(&'a [u8], &'a [u8])>> {
         if self.state != State::At {
             return Ok(None);
         }
         let &(p, i) = self.stack.last().expect("positioned cursor has a leaf");
-        let (k, val) = leaf_cell(p, i)?;
+        let (k, val) = leaf_cell(p, i);
         Ok(Some((self.v.resolve(k)?, self.v.resolve(val)?)))
     }
 
@@ -392,7 +528,7 @@ impl<'a> RawCursor<'a> {
             return Ok(None);
         }
         let &(p, i) = self.stack.last().expect("positioned cursor has a leaf");
-        Ok(Some(self.v.resolve(leaf_cell(p, i)?.0)?))
+        Ok(Some(self.v.resolve(leaf_key(p, i))?))
     }
 
     fn push(&mut self, p: &'a [u8], i: usize) -> Result<()> {
@@ -411,7 +547,7 @@ impl<'a> RawCursor<'a> {
     fn descend_edge(&mut self, last: bool) -> Result<()> {
         let mut pg = match self.stack.last() {
             None => self.root,
-            Some(&(p, i)) => branch_cell(p, i)?.0,
+            Some(&(p, i)) => branch_child(p, i),
         };
         loop {
             let (p, leaf) = node_page(&self.v, pg)?;
@@ -421,7 +557,7 @@ impl<'a> RawCursor<'a> {
                 self.state = State::At;
                 return Ok(());
             }
-            pg = branch_cell(p, i)?.0;
+            pg = branch_child(p, i);
         }
     }
 
@@ -465,7 +601,7 @@ impl<'a> RawCursor<'a> {
         }
         let &(p, i) = self.stack.last().expect("leaf on stack");
         let exact = i < count(p) && {
-            let k = self.v.resolve(leaf_cell(p, i)?.0)?;
+            let k = self.v.resolve(leaf_key(p, i))?;
             self.order.compare(k, key) == Ordering::Equal
         };
         if !exact {
@@ -497,11 +633,12 @@ impl<'a> RawCursor<'a> {
             }
             let i = branch_search(&self.v, p, key, self.order)?;
             self.push(p, i)?;
-            pg = branch_cell(p, i)?.0;
+            pg = branch_child(p, i);
         }
     }
 
     /// Moves to the next entry.
+    #[inline]
     pub(crate) fn step_next(&mut self) -> Result<()> {
         match self.state {
             State::Unpositioned | State::BeforeStart => return self.first(),
@@ -526,6 +663,7 @@ impl<'a> RawCursor<'a> {
     }
 
     /// Moves to the previous entry.
+    #[inline]
     pub(crate) fn step_prev(&mut self) -> Result<()> {
         match self.state {
             State::Unpositioned | State::AfterEnd => return self.last(),
@@ -616,10 +754,11 @@ impl<'a> RawRange<'a> {
         })
     }
 
+    #[inline]
     fn take(&mut self, from_back: bool) -> Option<Result<(&'a [u8], &'a [u8])>> {
-        if let Some(e) = self.err.take() {
+        if self.err.is_some() {
             self.done = true;
-            return Some(Err(e));
+            return self.err.take().map(Err);
         }
         if self.done {
             return None;
@@ -636,7 +775,7 @@ impl<'a> RawRange<'a> {
                 return Some(Err(e));
             }
         };
-        if self.front.pos() == self.back.pos() {
+        if self.front.same_pos(&self.back) {
             self.done = true;
         } else {
             let step = if from_back {

@@ -1,27 +1,33 @@
-//! The write transaction's core: copy-on-write B+tree edits on in-memory nodes, page
+//! The write transaction's core: copy-on-write B+tree edits on page buffers, page
 //! allocation under the freelist reuse rule, and preparing the pages a publish writes.
 //!
-//! Pages allocated by this transaction ("dirty") live in `nodes` (branches and leaves) or
-//! `runs` (overflow runs) until publish. A clean page (written by an earlier transaction) is
-//! never modified: the first edit decodes it into a new dirty node with a fresh page id and
-//! records the old id as freed by this transaction (pending reuse). A dirty page freed again in
+//! Pages allocated by this transaction ("dirty") live in `nodes` (branches and leaves, as
+//! [`PageBuf`]s in the on-disk layout, edited in place) or `runs` (overflow runs) until
+//! publish. A clean page (written by an earlier transaction) is never modified: the first edit
+//! copies its bytes into a new dirty page with a fresh page id and records the old id as freed
+//! by this transaction (pending reuse). A dirty page freed again in
 //! the same transaction was never visible to anyone and goes straight back to the free set.
 
-use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::ops::Bound;
 use std::sync::Arc;
 
 use super::freelist::{Freelist, MAX_FREELIST_SEGMENTS, REMOVE_FLAG, SEG_HDR};
-use super::node::{split_points, Key, Node, Val, MIN_FILL};
+use super::node::{
+    branch_cell_bytes, split_points, write_leaf_cell, PageBuf, MAX_LEAF_CELL, MIN_FILL,
+};
 use super::page::*;
 use super::readers::Snap;
-use super::view::View;
+use super::view::{self, Loc, Resolve, View};
 use super::{Error, KeyOrder, Result, Shared, PAGE_SIZE};
 
 /// Most pages one write transaction may hold in memory before publish (1 GiB).
 pub const MAX_TXN_DIRTY_PAGES: u64 = (1 << 30) / PAGE_SIZE as u64;
+
+/// Most spare page buffers a write transaction keeps for reuse (pages it split, merged or
+/// freed), so building split pages needs no allocation or zeroing.
+const MAX_SPARE_PAGES: usize = 64;
 
 /// Size of a tree descriptor (the catalog value): root u64, order u8, 7 reserved bytes.
 pub(crate) const TREE_DESC_SIZE: usize = 16;
@@ -59,6 +65,32 @@ pub(crate) fn decode_desc(name: &[u8], d: &[u8]) -> Result<(u64, KeyOrder)> {
     Ok((rd_u64(d, 0), order))
 }
 
+/// Hashes page ids for the transaction's page maps: one multiply (Fibonacci hashing). Page
+/// ids are trusted small integers chosen by the writer, so no DoS-resistant hash is needed,
+/// and SipHash showed up in write profiles.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct PageIdHasher(u64);
+
+impl std::hash::Hasher for PageIdHasher {
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    #[inline]
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0 ^ v).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// A map keyed by page id.
+pub(crate) type PageMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<PageIdHasher>>;
+
 /// A sealed page or run `(first page id, bytes)`, ready to write.
 pub(crate) type SealedPages = (u64, Vec<u8>);
 
@@ -80,8 +112,10 @@ pub(crate) struct TxnCore {
     pub hw: u64,
     max_pages: u64,
     pub freelist: Freelist,
-    nodes: HashMap<u64, Node>,
-    runs: HashMap<u64, Vec<u8>>,
+    nodes: PageMap<PageBuf>,
+    /// Page buffers no longer in use, for reuse (at most [`MAX_SPARE_PAGES`]).
+    spare: Vec<Box<[u8]>>,
+    runs: PageMap<Vec<u8>>,
     dirty_pages: u64,
     pub catalog_root: u64,
     /// Segments of the persisted freelist chain (oldest first) and their record count.
@@ -92,7 +126,7 @@ pub(crate) struct TxnCore {
     pub trees: Vec<TreeState>,
     poison: Option<Error>,
     /// Clean pages (run heads) this transaction freed, to catch a page referenced twice.
-    freed_now: std::collections::HashSet<u64>,
+    freed_now: std::collections::HashSet<u64, std::hash::BuildHasherDefault<PageIdHasher>>,
 }
 
 fn internal(msg: &str) -> Error {
@@ -115,8 +149,9 @@ impl TxnCore {
             hw: base.high_water,
             max_pages,
             freelist,
-            nodes: HashMap::new(),
-            runs: HashMap::new(),
+            nodes: PageMap::default(),
+            spare: Vec::new(),
+            runs: PageMap::default(),
             dirty_pages: 0,
             catalog_root: base.catalog_root,
             chain: chain.0,
@@ -124,7 +159,7 @@ impl TxnCore {
             delta: Vec::new(),
             trees: Vec::new(),
             poison: None,
-            freed_now: std::collections::HashSet::new(),
+            freed_now: Default::default(),
         }
     }
 
@@ -197,7 +232,12 @@ impl TxnCore {
     /// reference that cannot be right (outside the snapshot, already free, or freed twice in
     /// this transaction) is a damaged file: an error, never a corrupted freelist.
     fn free(&mut self, pg: u64, n: u64) -> Result<()> {
-        if self.nodes.remove(&pg).is_some() || self.runs.remove(&pg).is_some() {
+        if let Some(page) = self.nodes.remove(&pg) {
+            self.recycle(page);
+            self.release_dirty(pg, n);
+            return Ok(());
+        }
+        if self.runs.remove(&pg).is_some() {
             self.release_dirty(pg, n);
             return Ok(());
         }
@@ -234,18 +274,12 @@ impl TxnCore {
         self.free(pg, run_pages(len))
     }
 
-    fn free_key(&mut self, k: Key) -> Result<()> {
-        if k.ovf != 0 {
-            self.free_run(k.ovf, k.bytes.len())?;
+    /// Frees the overflow run of a key or value, if it has one.
+    fn free_loc(&mut self, run: Option<(u64, usize)>) -> Result<()> {
+        match run {
+            Some((pg, len)) => self.free_run(pg, len),
+            None => Ok(()),
         }
-        Ok(())
-    }
-
-    fn free_val(&mut self, v: Val) -> Result<()> {
-        if let Val::Ovf(pg, len) = v {
-            self.free_run(pg, len)?;
-        }
-        Ok(())
     }
 
     fn alloc_run(&mut self, bytes: &[u8]) -> Result<u64> {
@@ -258,147 +292,178 @@ impl TxnCore {
         Ok(pg)
     }
 
-    /// An owned key (with its own overflow run if long).
-    fn make_key(&mut self, bytes: &[u8]) -> Result<Key> {
-        let ovf = if bytes.len() > KEY_INLINE_MAX {
-            self.alloc_run(bytes)?
+    /// Where a new key is stored: inline, or in a new overflow run of its own if long.
+    fn make_key<'k>(&mut self, bytes: &'k [u8]) -> Result<Loc<'k>> {
+        if bytes.len() > KEY_INLINE_MAX {
+            Ok(Loc::Ovf(self.alloc_run(bytes)?, bytes.len()))
         } else {
-            0
-        };
-        Ok(Key {
-            bytes: bytes.to_vec(),
-            ovf,
-        })
+            Ok(Loc::Inline(bytes))
+        }
     }
 
-    /// An owned value (in its own overflow run if long).
-    pub(crate) fn make_val(&mut self, bytes: &[u8]) -> Result<Val> {
+    /// Where a new value is stored: inline, or in a new overflow run of its own if long.
+    pub(crate) fn make_val<'v>(&mut self, bytes: &'v [u8]) -> Result<Loc<'v>> {
         if bytes.len() > VAL_INLINE_MAX {
-            Ok(Val::Ovf(self.alloc_run(bytes)?, bytes.len()))
+            Ok(Loc::Ovf(self.alloc_run(bytes)?, bytes.len()))
         } else {
-            Ok(Val::Inline(bytes.to_vec()))
+            Ok(Loc::Inline(bytes))
         }
     }
 
-    // ---- node access -----------------------------------------------------------------
+    // ---- page access -----------------------------------------------------------------
 
-    fn node(&self, pg: u64) -> Result<Cow<'_, Node>> {
+    /// Resolves key and value locations against this transaction's runs and the snapshot.
+    fn res(&self) -> TxnRes<'_> {
+        TxnRes {
+            runs: &self.runs,
+            v: self.view(),
+        }
+    }
+
+    /// The branch or leaf page `pg` as this transaction sees it (dirty copy or clean page).
+    #[inline]
+    fn page(&self, pg: u64) -> Result<&[u8]> {
         match self.nodes.get(&pg) {
-            Some(n) => Ok(Cow::Borrowed(n)),
-            None => Ok(Cow::Owned(Node::decode(&self.view(), pg)?)),
+            Some(n) => Ok(n.bytes()),
+            None => Ok(view::node_page(&self.view(), pg)?.0),
         }
     }
 
-    /// Makes `pg` writable: returns its id in this transaction (a new one for a clean page).
+    /// Makes `pg` writable: returns its id in this transaction (a new one for a clean page,
+    /// holding a copy of its bytes).
     fn cow(&mut self, pg: u64) -> Result<u64> {
         if self.nodes.contains_key(&pg) {
             return Ok(pg);
         }
-        let node = Node::decode(&self.view(), pg)?;
+        let copy = PageBuf::from_page(view::node_page(&self.view(), pg)?.0);
         self.free(pg, 1)?;
         let id = self.alloc(1)?;
-        self.nodes.insert(id, node);
+        self.nodes.insert(id, copy);
         Ok(id)
     }
 
-    fn leaf_mut(&mut self, id: u64) -> Result<&mut Vec<(Key, Val)>> {
-        match self.nodes.get_mut(&id) {
-            Some(Node::Leaf(e)) => Ok(e),
-            _ => Err(internal("expected a dirty leaf")),
+    /// A page-sized buffer for a new page: a spare one, or a new zeroed one.
+    fn new_buf(&mut self) -> Box<[u8]> {
+        self.spare
+            .pop()
+            .unwrap_or_else(|| vec![0u8; PAGE_SIZE].into_boxed_slice())
+    }
+
+    /// Keeps the buffer of a page no longer used for reuse by [`Self::new_buf`].
+    fn recycle(&mut self, page: PageBuf) {
+        let b = page.into_buf();
+        if b.len() == PAGE_SIZE && self.spare.len() < MAX_SPARE_PAGES {
+            self.spare.push(b);
         }
     }
 
-    fn branch_mut(&mut self, id: u64) -> Result<(&mut Vec<Key>, &mut Vec<u64>)> {
-        match self.nodes.get_mut(&id) {
-            Some(Node::Branch { keys, children }) => Ok((keys, children)),
-            _ => Err(internal("expected a dirty branch")),
-        }
-    }
-
-    /// The bytes of a value (dirty run or clean page).
-    fn val_bytes(&self, v: &Val) -> Result<Vec<u8>> {
-        match v {
-            Val::Inline(b) => Ok(b.clone()),
-            Val::Ovf(pg, len) => match self.runs.get(pg) {
-                Some(buf) => Ok(buf[HDR..HDR + len].to_vec()),
-                None => Ok(self.view().overflow(*pg, *len)?.to_vec()),
-            },
-        }
+    fn dirty(&mut self, id: u64) -> Result<&mut PageBuf> {
+        self.nodes
+            .get_mut(&id)
+            .ok_or_else(|| internal("expected a dirty page"))
     }
 
     // ---- splitting -------------------------------------------------------------------
 
-    /// If dirty node `id` overflows its page, splits it; returns the new right siblings with
-    /// their separators (to insert after `id` in the parent).
-    fn finish(&mut self, id: u64, append: bool) -> Result<Vec<(Key, u64)>> {
-        let sizes = self.nodes[&id].entry_sizes();
-        let points = split_points(&sizes, USABLE, append)?;
-        if points.is_empty() {
+    /// Inserts the `new` cells at index `i` of dirty page `id`; if they do not fit, splits
+    /// the page. Returns the branch cells of the new right siblings (to insert after `id` in
+    /// the parent).
+    fn insert_cells(
+        &mut self,
+        id: u64,
+        i: usize,
+        new: &[&[u8]],
+        append: bool,
+    ) -> Result<Vec<Vec<u8>>> {
+        let page = self.dirty(id)?;
+        let extra: usize = new.iter().map(|c| 2 + c.len()).sum();
+        if page.fits(extra) {
+            for (j, c) in new.iter().enumerate() {
+                page.insert(i + j, c);
+            }
             return Ok(Vec::new());
         }
-        let node = self
-            .nodes
-            .remove(&id)
-            .ok_or_else(|| internal("split of clean node"))?;
-        let n = node.len();
-        let mut bounds = vec![0];
+        let old = std::mem::replace(page, PageBuf::placeholder());
+        let n = old.len();
+        let mut cells: Vec<&[u8]> = Vec::with_capacity(n + new.len());
+        cells.extend((0..i).map(|j| old.cell(j)));
+        cells.extend_from_slice(new);
+        cells.extend((i..n).map(|j| old.cell(j)));
+        let seps = self.place(id, old.is_leaf(), &cells, append);
+        drop(cells);
+        self.recycle(old);
+        seps
+    }
+
+    /// Rewrites dirty page `id` to hold `cells` (in order), splitting them over `id` and new
+    /// pages if they do not fit one. Returns the branch cells pointing at the new pages, with
+    /// their separators: for leaves a copy of the piece's first key (in a new run of its own if
+    /// long, as no run is ever shared); for branches the piece's first separator moves up and
+    /// its cell keeps only the child.
+    fn place(
+        &mut self,
+        id: u64,
+        leaf: bool,
+        cells: &[&[u8]],
+        append: bool,
+    ) -> Result<Vec<Vec<u8>>> {
+        let sizes: Vec<usize> = cells.iter().map(|c| 2 + c.len()).collect();
+        let points = split_points(&sizes, USABLE, append)?;
+        let mut bounds = Vec::with_capacity(points.len() + 2);
+        bounds.push(0);
         bounds.extend_from_slice(&points);
-        bounds.push(n);
+        bounds.push(cells.len());
         let mut seps = Vec::with_capacity(points.len());
-        match node {
-            Node::Leaf(entries) => {
-                let mut it = entries.into_iter();
-                for (m, w) in bounds.windows(2).enumerate() {
-                    let piece: Vec<(Key, Val)> = it.by_ref().take(w[1] - w[0]).collect();
-                    if m == 0 {
-                        self.nodes.insert(id, Node::Leaf(piece));
-                    } else {
-                        let sep = self.make_key(&piece[0].0.bytes)?;
-                        let nid = self.alloc(1)?;
-                        self.nodes.insert(nid, Node::Leaf(piece));
-                        seps.push((sep, nid));
-                    }
-                }
+        for (m, w) in bounds.windows(2).enumerate() {
+            let piece = &cells[w[0]..w[1]];
+            if m == 0 {
+                let b = self.new_buf();
+                let page = PageBuf::build_in(b, leaf, piece.iter().copied());
+                self.nodes.insert(id, page);
+                continue;
             }
-            Node::Branch { keys, children } => {
-                let mut kit = keys.into_iter();
-                let mut cit = children.into_iter();
-                let mut up: Option<Key> = None;
-                for (m, w) in bounds.windows(2).enumerate() {
-                    let cnt = w[1] - w[0];
-                    let ch: Vec<u64> = cit.by_ref().take(cnt).collect();
-                    let ks: Vec<Key> = kit.by_ref().take(cnt - 1).collect();
-                    let piece = Node::Branch {
-                        keys: ks,
-                        children: ch,
-                    };
-                    if m == 0 {
-                        self.nodes.insert(id, piece);
-                    } else {
-                        let nid = self.alloc(1)?;
-                        self.nodes.insert(nid, piece);
-                        seps.push((up.take().ok_or_else(|| internal("missing separator"))?, nid));
+            let nid = self.alloc(1)?;
+            let first = piece[0];
+            if leaf {
+                let sep = match view::cell_leaf_key(first) {
+                    Loc::Inline(k) => branch_cell_bytes(nid, Loc::Inline(k)),
+                    Loc::Ovf(pg, len) => {
+                        let bytes = self.res().resolve(Loc::Ovf(pg, len))?.to_vec();
+                        let run = self.alloc_run(&bytes)?;
+                        branch_cell_bytes(nid, Loc::Ovf(run, len))
                     }
-                    up = kit.next();
-                }
+                };
+                let b = self.new_buf();
+                let page = PageBuf::build_in(b, true, piece.iter().copied());
+                self.nodes.insert(nid, page);
+                seps.push(sep);
+            } else {
+                let mut sep = first.to_vec();
+                wr_u64(&mut sep, 0, nid);
+                let cell0 = branch_cell_bytes(rd_u64(first, 0), Loc::Inline(&[]));
+                let rest = piece[1..].iter().copied();
+                let b = self.new_buf();
+                let page = PageBuf::build_in(b, false, std::iter::once(&cell0[..]).chain(rest));
+                self.nodes.insert(nid, page);
+                seps.push(sep);
             }
         }
-        debug_assert!(seps.iter().all(|(_, c)| self.nodes[c].size() <= USABLE));
+        debug_assert!(seps
+            .iter()
+            .all(|c| self.nodes[&rd_u64(c, 0)].size() <= USABLE));
         Ok(seps)
     }
 
     /// Makes a root from `id` and the siblings split off it, until one node holds all.
-    fn grow_root(&mut self, mut id: u64, mut seps: Vec<(Key, u64)>) -> Result<u64> {
+    fn grow_root(&mut self, mut id: u64, mut seps: Vec<Vec<u8>>) -> Result<u64> {
         while !seps.is_empty() {
-            let mut keys = Vec::with_capacity(seps.len());
-            let mut children = vec![id];
-            for (k, c) in seps {
-                keys.push(k);
-                children.push(c);
-            }
             let nid = self.alloc(1)?;
-            self.nodes.insert(nid, Node::Branch { keys, children });
-            seps = self.finish(nid, false)?;
+            let cell0 = branch_cell_bytes(id, Loc::Inline(&[]));
+            let mut cells: Vec<&[u8]> = Vec::with_capacity(seps.len() + 1);
+            cells.push(&cell0);
+            cells.extend(seps.iter().map(|c| &c[..]));
+            let next = self.place(nid, false, &cells, false)?;
+            seps = next;
             id = nid;
         }
         Ok(id)
@@ -408,13 +473,13 @@ impl TxnCore {
     fn shrink_root(&mut self, mut root: u64) -> Result<u64> {
         loop {
             let next = match self.nodes.get(&root) {
-                Some(Node::Leaf(e)) if e.is_empty() => 0,
-                Some(Node::Branch { children, .. }) if children.len() <= 1 => {
-                    children.first().copied().unwrap_or(0)
-                }
+                Some(p) if p.len() == 0 => 0,
+                Some(p) if !p.is_leaf() && p.len() == 1 => view::branch_child(p.bytes(), 0),
                 _ => return Ok(root),
             };
-            self.nodes.remove(&root);
+            if let Some(page) = self.nodes.remove(&root) {
+                self.recycle(page);
+            }
             self.release_dirty(root, 1);
             root = next;
         }
@@ -422,89 +487,95 @@ impl TxnCore {
 
     // ---- insert ----------------------------------------------------------------------
 
-    /// Inserts or replaces `key` in the tree at `*root`.
+    /// Inserts or replaces `key` (with value `val`, see [`Self::make_val`]) in the tree at
+    /// `*root`.
     pub(crate) fn put(
         &mut self,
         root: &mut u64,
         order: KeyOrder,
         key: &[u8],
-        val: Val,
+        val: Loc<'_>,
     ) -> Result<()> {
         if *root == 0 {
             let k = self.make_key(key)?;
+            let mut cell = [0u8; MAX_LEAF_CELL];
+            let n = write_leaf_cell(&mut cell, k, val);
             let id = self.alloc(1)?;
-            self.nodes.insert(id, Node::Leaf(vec![(k, val)]));
+            let b = self.new_buf();
+            let page = PageBuf::build_in(b, true, std::iter::once(&cell[..n]));
+            self.nodes.insert(id, page);
             *root = id;
             return Ok(());
         }
         let (id, seps, old) = self.insert(*root, order, key, val, 0)?;
         *root = self.grow_root(id, seps)?;
-        if let Some(old) = old {
-            self.free_val(old)?;
-        }
-        Ok(())
+        self.free_loc(old)
     }
 
+    /// Inserts below `pg`; returns the page's id in this transaction, the branch cells of
+    /// siblings split off it, and the overflow run of a replaced value (to free).
     #[allow(clippy::type_complexity)]
     fn insert(
         &mut self,
         pg: u64,
         order: KeyOrder,
         key: &[u8],
-        val: Val,
+        val: Loc<'_>,
         depth: usize,
-    ) -> Result<(u64, Vec<(Key, u64)>, Option<Val>)> {
+    ) -> Result<(u64, Vec<Vec<u8>>, Option<(u64, usize)>)> {
         if depth > MAX_DEPTH {
             return Err(Error::Corrupt(format!(
                 "tree deeper than {MAX_DEPTH} levels at page {pg}"
             )));
         }
-        let node = self.node(pg)?;
-        match &*node {
-            Node::Leaf(entries) => {
-                let pos = entries.binary_search_by(|(k, _)| order.compare(&k.bytes, key));
-                let n = entries.len();
-                drop(node);
-                let id = self.cow(pg)?;
-                let (old, append) = match pos {
-                    Ok(i) => {
-                        let e = self.leaf_mut(id)?;
-                        (Some(std::mem::replace(&mut e[i].1, val)), false)
-                    }
-                    Err(i) => {
-                        let k = self.make_key(key)?;
-                        let e = self.leaf_mut(id)?;
-                        e.insert(i, (k, val));
-                        debug_assert!(
-                            (i == 0 || order.compare(&e[i - 1].0.bytes, key) == Ordering::Less)
-                                && (i + 1 >= e.len()
-                                    || order.compare(key, &e[i + 1].0.bytes) == Ordering::Less),
-                            "leaf keys must stay strictly increasing"
-                        );
-                        (None, i == n)
-                    }
-                };
-                let seps = self.finish(id, append)?;
-                Ok((id, seps, old))
-            }
-            Node::Branch { keys, children } => {
-                let i = keys.partition_point(|k| order.compare(&k.bytes, key) != Ordering::Greater);
-                let child = children[i];
-                let last = i == keys.len();
-                drop(node);
-                let (nc, cseps, old) = self.insert(child, order, key, val, depth + 1)?;
-                let id = self.cow(pg)?;
-                let append = last && !cseps.is_empty();
-                let (keys, children) = self.branch_mut(id)?;
-                children[i] = nc;
-                for (j, (k, c)) in cseps.into_iter().enumerate() {
-                    keys.insert(i + j, k);
-                    children.insert(i + 1 + j, c);
+        let p = self.page(pg)?;
+        let n = view::count(p);
+        if view::is_leaf(p) {
+            let (i, found) = view::leaf_search(&self.res(), p, key, order)?;
+            let id = self.cow(pg)?;
+            let mut cell = [0u8; MAX_LEAF_CELL];
+            if found {
+                let page = self.dirty(id)?;
+                let (old_k, old_v) = view::leaf_cell(page.bytes(), i);
+                let old = old_v.run();
+                let len = write_leaf_cell(&mut cell, old_k, val);
+                if page.replace(i, &cell[..len]) {
+                    return Ok((id, Vec::new(), old));
                 }
-                let seps = self.finish(id, append)?;
-                Ok((id, seps, old))
+                page.remove(i);
+                let seps = self.insert_cells(id, i, &[&cell[..len]], false)?;
+                return Ok((id, seps, old));
             }
+            let k = self.make_key(key)?;
+            let len = write_leaf_cell(&mut cell, k, val);
+            debug_assert!(
+                {
+                    let page = self.page(id)?;
+                    let r = self.res();
+                    (i == 0
+                        || order.compare(r.resolve(view::leaf_key(page, i - 1))?, key)
+                            == Ordering::Less)
+                        && (i >= n
+                            || order.compare(key, r.resolve(view::leaf_key(page, i))?)
+                                == Ordering::Less)
+                },
+                "leaf keys must stay strictly increasing"
+            );
+            let seps = self.insert_cells(id, i, &[&cell[..len]], i == n)?;
+            return Ok((id, seps, None));
         }
+        let i = view::branch_search(&self.res(), p, key, order)?;
+        let child = view::branch_child(p, i);
+        let last = i + 1 == n;
+        let (nc, cseps, old) = self.insert(child, order, key, val, depth + 1)?;
+        let id = self.cow(pg)?;
+        self.dirty(id)?.set_child(i, nc);
+        if cseps.is_empty() {
+            return Ok((id, Vec::new(), old));
+        }
+        let new: Vec<&[u8]> = cseps.iter().map(|c| &c[..]).collect();
+        let seps = self.insert_cells(id, i + 1, &new, last)?;
+        Ok((id, seps, old))
     }
 
     // ---- delete ----------------------------------------------------------------------
@@ -517,12 +588,15 @@ impl TxnCore {
         let Some((id, seps, old)) = self.remove(*root, order, key, 0)? else {
             return Ok(false);
         };
-        self.free_val(old)?;
+        self.free_loc(old)?;
         let id = self.grow_root(id, seps)?;
         *root = self.shrink_root(id)?;
         Ok(true)
     }
 
+    /// Removes `key` below `pg`; None if absent, else the page's id in this transaction, the
+    /// branch cells of siblings split off it (a merge below can re-split), and the overflow
+    /// run of the removed value (to free).
     #[allow(clippy::type_complexity)]
     fn remove(
         &mut self,
@@ -530,88 +604,88 @@ impl TxnCore {
         order: KeyOrder,
         key: &[u8],
         depth: usize,
-    ) -> Result<Option<(u64, Vec<(Key, u64)>, Val)>> {
+    ) -> Result<Option<(u64, Vec<Vec<u8>>, Option<(u64, usize)>)>> {
         if depth > MAX_DEPTH {
             return Err(Error::Corrupt(format!(
                 "tree deeper than {MAX_DEPTH} levels at page {pg}"
             )));
         }
-        let node = self.node(pg)?;
-        match &*node {
-            Node::Leaf(entries) => {
-                let Ok(i) = entries.binary_search_by(|(k, _)| order.compare(&k.bytes, key)) else {
-                    return Ok(None);
-                };
-                drop(node);
-                let id = self.cow(pg)?;
-                let (k, v) = self.leaf_mut(id)?.remove(i);
-                self.free_key(k)?;
-                // Normally a no-op; a damaged page can decode larger than a page.
-                let seps = self.finish(id, false)?;
-                Ok(Some((id, seps, v)))
+        let p = self.page(pg)?;
+        if view::is_leaf(p) {
+            let (i, found) = view::leaf_search(&self.res(), p, key, order)?;
+            if !found {
+                return Ok(None);
             }
-            Node::Branch { keys, children } => {
-                let i = keys.partition_point(|k| order.compare(&k.bytes, key) != Ordering::Greater);
-                let child = children[i];
-                drop(node);
-                let Some((nc, cseps, old)) = self.remove(child, order, key, depth + 1)? else {
-                    return Ok(None);
-                };
-                let id = self.cow(pg)?;
-                let no_seps = cseps.is_empty();
-                let (keys, children) = self.branch_mut(id)?;
-                children[i] = nc;
-                for (j, (k, c)) in cseps.into_iter().enumerate() {
-                    keys.insert(i + j, k);
-                    children.insert(i + 1 + j, c);
-                }
-                if no_seps {
-                    self.fix_child(id, i)?;
-                }
-                let seps = self.finish(id, false)?;
-                Ok(Some((id, seps, old)))
-            }
+            let id = self.cow(pg)?;
+            let page = self.dirty(id)?;
+            let (k, v) = view::leaf_cell(page.bytes(), i);
+            let (krun, vrun) = (k.run(), v.run());
+            page.remove(i);
+            self.free_loc(krun)?;
+            return Ok(Some((id, Vec::new(), vrun)));
         }
+        let i = view::branch_search(&self.res(), p, key, order)?;
+        let child = view::branch_child(p, i);
+        let Some((nc, cseps, old)) = self.remove(child, order, key, depth + 1)? else {
+            return Ok(None);
+        };
+        let id = self.cow(pg)?;
+        self.dirty(id)?.set_child(i, nc);
+        let seps = if cseps.is_empty() {
+            self.fix_child(id, i)?
+        } else {
+            let new: Vec<&[u8]> = cseps.iter().map(|c| &c[..]).collect();
+            self.insert_cells(id, i + 1, &new, false)?
+        };
+        Ok(Some((id, seps, old)))
     }
 
     /// After a delete below child `i` of dirty branch `parent`: drops the child if empty, or
     /// merges it with a sibling (re-splitting evenly if the two do not fit one page) if it is
-    /// less than [`MIN_FILL`] full.
-    fn fix_child(&mut self, parent: u64, i: usize) -> Result<()> {
-        let (_, children) = self.branch_mut(parent)?;
-        let nchildren = children.len();
-        let child = children[i];
+    /// less than [`MIN_FILL`] full. Returns the branch cells of siblings split off `parent`.
+    fn fix_child(&mut self, parent: u64, i: usize) -> Result<Vec<Vec<u8>>> {
+        let pp = self.page(parent)?;
+        let nchildren = view::count(pp);
+        let child = view::branch_child(pp, i);
         let (len, size) = match self.nodes.get(&child) {
             Some(n) => (n.len(), n.size()),
             None => return Err(internal("deleted-from child is clean")),
         };
         if len == 0 {
-            self.nodes.remove(&child);
-            self.release_dirty(child, 1);
-            let (keys, children) = self.branch_mut(parent)?;
-            children.remove(i);
-            let k = if i == 0 {
-                (!keys.is_empty()).then(|| keys.remove(0))
-            } else {
-                Some(keys.remove(i - 1))
-            };
-            if let Some(k) = k {
-                self.free_key(k)?;
+            if let Some(page) = self.nodes.remove(&child) {
+                self.recycle(page);
             }
-            return Ok(());
+            self.release_dirty(child, 1);
+            let page = self.dirty(parent)?;
+            let freed = if i > 0 {
+                let k = view::branch_key(page.bytes(), i).run();
+                page.remove(i);
+                k
+            } else if nchildren > 1 {
+                // Cell 1 becomes cell 0: its separator goes, its child stays.
+                let p = page.bytes();
+                let k = view::branch_key(p, 1).run();
+                let cell0 = branch_cell_bytes(view::branch_child(p, 1), Loc::Inline(&[]));
+                page.remove(1);
+                let fits = page.replace(0, &cell0);
+                debug_assert!(fits, "a shorter cell always fits");
+                k
+            } else {
+                page.remove(0);
+                None
+            };
+            self.free_loc(freed)?;
+            return Ok(Vec::new());
         }
         if size >= MIN_FILL || nchildren < 2 {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let (l, r) = if i + 1 < nchildren {
             (i, i + 1)
         } else {
             (i - 1, i)
         };
-        let (lpg, rpg) = {
-            let (_, c) = self.branch_mut(parent)?;
-            (c[l], c[r])
-        };
+        let (lpg, rpg) = (view::branch_child(pp, l), view::branch_child(pp, r));
         let lid = self.cow(lpg)?;
         let rid = self.cow(rpg)?;
         let left = self
@@ -622,49 +696,38 @@ impl TxnCore {
             .nodes
             .remove(&rid)
             .ok_or_else(|| internal("right sibling"))?;
-        let (keys, children) = self.branch_mut(parent)?;
-        let sep = keys.remove(l);
-        children.remove(r);
-        children[l] = lid;
-        let merged = match (left, right) {
-            (Node::Leaf(mut a), Node::Leaf(b)) => {
-                self.free_key(sep)?;
-                a.extend(b);
-                Node::Leaf(a)
-            }
-            (
-                Node::Branch {
-                    keys: mut ka,
-                    children: mut ca,
-                },
-                Node::Branch {
-                    keys: kb,
-                    children: cb,
-                },
-            ) => {
-                ka.push(sep);
-                ka.extend(kb);
-                ca.extend(cb);
-                Node::Branch {
-                    keys: ka,
-                    children: ca,
-                }
-            }
-            _ => {
-                return Err(Error::Corrupt(format!(
-                    "sibling pages {lpg} and {rpg} are at different tree levels"
-                )))
-            }
-        };
-        self.nodes.insert(lid, merged);
         self.release_dirty(rid, 1);
-        let seps = self.finish(lid, false)?;
-        let (keys, children) = self.branch_mut(parent)?;
-        for (j, (k, c)) in seps.into_iter().enumerate() {
-            keys.insert(l + j, k);
-            children.insert(l + 1 + j, c);
+        if left.is_leaf() != right.is_leaf() || right.len() == 0 {
+            return Err(Error::Corrupt(format!(
+                "sibling pages {lpg} and {rpg} are at different tree levels"
+            )));
         }
-        Ok(())
+        let page = self.dirty(parent)?;
+        let sep_cell = page.cell(r).to_vec();
+        page.remove(r);
+        page.set_child(l, lid);
+        let leaf = left.is_leaf();
+        let mut cells: Vec<&[u8]> = Vec::with_capacity(left.len() + right.len());
+        cells.extend((0..left.len()).map(|j| left.cell(j)));
+        let down;
+        if leaf {
+            cells.extend((0..right.len()).map(|j| right.cell(j)));
+            self.free_loc(view::cell_branch_key(&sep_cell).run())?;
+        } else {
+            // The separator comes down as the key of the right node's first child.
+            let mut c = sep_cell;
+            wr_u64(&mut c, 0, view::branch_child(right.bytes(), 0));
+            down = c;
+            cells.push(&down);
+            cells.extend((1..right.len()).map(|j| right.cell(j)));
+        }
+        let seps = self.place(lid, leaf, &cells, false);
+        drop(cells);
+        self.recycle(left);
+        self.recycle(right);
+        let seps = seps?;
+        let new: Vec<&[u8]> = seps.iter().map(|c| &c[..]).collect();
+        self.insert_cells(parent, l + 1, &new, false)
     }
 
     /// Frees every page of the tree at `root` (nodes and overflow runs).
@@ -677,25 +740,32 @@ impl TxnCore {
                 "tree deeper than {MAX_DEPTH} levels at page {root}"
             )));
         }
-        let node = self.node(root)?.into_owned();
-        match node {
-            Node::Leaf(entries) => {
-                for (k, v) in entries {
-                    self.free_key(k)?;
-                    self.free_val(v)?;
-                }
+        let p = self.page(root)?;
+        let n = view::count(p);
+        let mut runs = Vec::new();
+        let mut children = Vec::new();
+        if view::is_leaf(p) {
+            for i in 0..n {
+                let (k, v) = view::leaf_cell(p, i);
+                runs.extend(k.run());
+                runs.extend(v.run());
             }
-            Node::Branch { keys, children } => {
-                for k in keys {
-                    self.free_key(k)?;
+        } else {
+            for i in 0..n {
+                let (c, k) = view::branch_cell(p, i);
+                if i > 0 {
+                    runs.extend(k.run());
                 }
-                for c in children {
-                    self.free_tree(c, depth + 1)?;
-                }
+                children.push(c);
             }
         }
-        self.free(root, 1)?;
-        Ok(())
+        for r in runs {
+            self.free_loc(Some(r))?;
+        }
+        for c in children {
+            self.free_tree(c, depth + 1)?;
+        }
+        self.free(root, 1)
     }
 
     // ---- reads inside the transaction --------------------------------------------------
@@ -706,21 +776,17 @@ impl TxnCore {
         if pg == 0 {
             return Ok(None);
         }
+        let r = self.res();
         for _ in 0..=MAX_DEPTH {
-            let node = self.node(pg)?;
-            match &*node {
-                Node::Leaf(e) => {
-                    return match e.binary_search_by(|(k, _)| order.compare(&k.bytes, key)) {
-                        Ok(i) => self.val_bytes(&e[i].1).map(Some),
-                        Err(_) => Ok(None),
-                    }
+            let p = self.page(pg)?;
+            if view::is_leaf(p) {
+                let (i, found) = view::leaf_search(&r, p, key, order)?;
+                if !found {
+                    return Ok(None);
                 }
-                Node::Branch { keys, children } => {
-                    let i =
-                        keys.partition_point(|k| order.compare(&k.bytes, key) != Ordering::Greater);
-                    pg = children[i];
-                }
+                return Ok(Some(r.resolve(view::leaf_cell(p, i).1)?.to_vec()));
             }
+            pg = view::branch_child(p, view::branch_search(&r, p, key, order)?);
         }
         Err(Error::Corrupt(format!(
             "tree at page {root}: deeper than {MAX_DEPTH} levels"
@@ -749,45 +815,40 @@ impl TxnCore {
             )));
         }
         let bounds = ScanBounds { order, start, end };
-        let (after_start, before_end) = (
-            |k: &[u8]| bounds.after_start(k),
-            |k: &[u8]| bounds.before_end(k),
-        );
-        let node = self.node(pg)?;
-        match &*node {
-            Node::Leaf(entries) => {
-                for (k, v) in entries {
-                    if out.len() >= limit {
-                        return Ok(false);
-                    }
-                    if !after_start(&k.bytes) {
-                        continue;
-                    }
-                    if !before_end(&k.bytes) {
-                        return Ok(false);
-                    }
-                    out.push((k.bytes.clone(), self.val_bytes(v)?));
+        let r = self.res();
+        let p = self.page(pg)?;
+        let n = view::count(p);
+        if view::is_leaf(p) {
+            for i in 0..n {
+                if out.len() >= limit {
+                    return Ok(false);
                 }
-                Ok(out.len() < limit)
+                let (k, v) = view::leaf_cell(p, i);
+                let k = r.resolve(k)?;
+                if !bounds.after_start(k) {
+                    continue;
+                }
+                if !bounds.before_end(k) {
+                    return Ok(false);
+                }
+                out.push((k.to_vec(), r.resolve(v)?.to_vec()));
             }
-            Node::Branch { keys, children } => {
-                let first = match start {
-                    Bound::Unbounded => 0,
-                    Bound::Included(s) | Bound::Excluded(s) => {
-                        keys.partition_point(|k| order.compare(&k.bytes, s) != Ordering::Greater)
-                    }
-                };
-                for (i, &c) in children.iter().enumerate().skip(first) {
-                    if i > 0 && !before_end(&keys[i - 1].bytes) {
-                        return Ok(false);
-                    }
-                    if !self.scan(c, order, start, end, limit, out, depth + 1)? {
-                        return Ok(false);
-                    }
-                }
-                Ok(true)
+            return Ok(out.len() < limit);
+        }
+        let first = match start {
+            Bound::Unbounded => 0,
+            Bound::Included(s) | Bound::Excluded(s) => view::branch_search(&r, p, s, order)?,
+        };
+        for i in first..n {
+            if i > 0 && !bounds.before_end(r.resolve(view::branch_key(p, i))?) {
+                return Ok(false);
+            }
+            let c = view::branch_child(p, i);
+            if !self.scan(c, order, start, end, limit, out, depth + 1)? {
+                return Ok(false);
             }
         }
+        Ok(true)
     }
 
     /// Like [`Self::scan`], but collects entries in descending key order, starting from the
@@ -812,47 +873,42 @@ impl TxnCore {
             )));
         }
         let bounds = ScanBounds { order, start, end };
-        let (after_start, before_end) = (
-            |k: &[u8]| bounds.after_start(k),
-            |k: &[u8]| bounds.before_end(k),
-        );
-        let node = self.node(pg)?;
-        match &*node {
-            Node::Leaf(entries) => {
-                for (k, v) in entries.iter().rev() {
-                    if out.len() >= limit {
-                        return Ok(false);
-                    }
-                    if !before_end(&k.bytes) {
-                        continue;
-                    }
-                    if !after_start(&k.bytes) {
-                        return Ok(false);
-                    }
-                    out.push((k.bytes.clone(), self.val_bytes(v)?));
+        let r = self.res();
+        let p = self.page(pg)?;
+        let n = view::count(p);
+        if view::is_leaf(p) {
+            for i in (0..n).rev() {
+                if out.len() >= limit {
+                    return Ok(false);
                 }
-                Ok(out.len() < limit)
+                let (k, v) = view::leaf_cell(p, i);
+                let k = r.resolve(k)?;
+                if !bounds.before_end(k) {
+                    continue;
+                }
+                if !bounds.after_start(k) {
+                    return Ok(false);
+                }
+                out.push((k.to_vec(), r.resolve(v)?.to_vec()));
             }
-            Node::Branch { keys, children } => {
-                // Child i holds keys >= keys[i - 1]: start at the child that holds the end.
-                let last = match end {
-                    Bound::Unbounded => children.len() - 1,
-                    Bound::Included(e) | Bound::Excluded(e) => {
-                        keys.partition_point(|k| order.compare(&k.bytes, e) != Ordering::Greater)
-                    }
-                };
-                for i in (0..=last.min(children.len() - 1)).rev() {
-                    if !self.scan_rev(children[i], order, start, end, limit, out, depth + 1)? {
-                        return Ok(false);
-                    }
-                    // Every earlier child holds keys below this separator.
-                    if i > 0 && !after_start(&keys[i - 1].bytes) {
-                        return Ok(false);
-                    }
-                }
-                Ok(true)
+            return Ok(out.len() < limit);
+        }
+        // Child i holds keys >= separator i: start at the child that holds the end.
+        let last = match end {
+            Bound::Unbounded => n - 1,
+            Bound::Included(e) | Bound::Excluded(e) => view::branch_search(&r, p, e, order)?,
+        };
+        for i in (0..=last.min(n - 1)).rev() {
+            let c = view::branch_child(p, i);
+            if !self.scan_rev(c, order, start, end, limit, out, depth + 1)? {
+                return Ok(false);
+            }
+            // Every earlier child holds keys below this separator.
+            if i > 0 && !bounds.after_start(r.resolve(view::branch_key(p, i))?) {
+                return Ok(false);
             }
         }
+        Ok(true)
     }
 
     // ---- trees and catalog -------------------------------------------------------------
@@ -962,7 +1018,8 @@ impl TxnCore {
             if dropped {
                 self.del(&mut croot, KeyOrder::Bytewise, &name)?;
             } else {
-                let v = self.make_val(&encode_desc(root, order))?;
+                let desc = encode_desc(root, order);
+                let v = self.make_val(&desc)?;
                 self.put(&mut croot, KeyOrder::Bytewise, &name, v)?;
             }
         }
@@ -976,11 +1033,14 @@ impl TxnCore {
         if let Some(seg) = seg {
             pages.push((fl, seg));
         }
-        for (&id, node) in &self.nodes {
-            if node.len() == 0 {
+        for (id, node) in self.nodes.drain() {
+            let (n, kind) = (node.len(), node.bytes()[4]);
+            if n == 0 {
                 return Err(internal(&format!("empty node {id} at publish")));
             }
-            pages.push((id, node.encode(id, self.txid)));
+            let mut buf = node.into_vec();
+            seal(&mut buf, kind, n as u16, id, self.txid, 0);
+            pages.push((id, buf));
         }
         for (&id, buf) in &mut self.runs {
             let len = rd_u32(buf, 28);
@@ -1004,6 +1064,29 @@ impl TxnCore {
             freelist_pages: fl_pages,
         };
         Ok((pages, snap))
+    }
+}
+
+/// Resolves locations for the write transaction: its own (unpublished) overflow runs first,
+/// then the snapshot it started from.
+struct TxnRes<'a> {
+    runs: &'a PageMap<Vec<u8>>,
+    v: View<'a>,
+}
+
+impl<'a> Resolve<'a> for TxnRes<'a> {
+    #[inline]
+    fn resolve(&self, loc: Loc<'a>) -> Result<&'a [u8]> {
+        match loc {
+            Loc::Inline(b) => Ok(b),
+            Loc::Ovf(pg, len) => match self.runs.get(&pg) {
+                Some(buf) if HDR + len <= buf.len() => Ok(&buf[HDR..HDR + len]),
+                Some(_) => Err(internal(&format!(
+                    "dirty run {pg} is shorter than the {len} bytes referenced"
+                ))),
+                None => self.v.overflow(pg, len),
+            },
+        }
     }
 }
 
