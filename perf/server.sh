@@ -20,11 +20,11 @@ run() { # name, then corekv-bench arguments
   local name=$1; shift
   for r in $(seq 1 "$ROUNDS"); do
     echo "$name round $r: corekv-bench $*" >&2
-    "$BENCH" "$@" --endpoints "127.0.0.1:$PORT" --json | sed "s|^{|{\"name\":\"$name\",|" >> "$RESULTS"
+    "$BENCH" "$@" --val-size 256 --no-progress --endpoints "127.0.0.1:$PORT" --json | sed "s|^{|{\"name\":\"$name\",|" >> "$RESULTS"
   done
 }
-run "put, 1 client" put --clients 1 --conns 1 --total 3000
-run "put, 256 clients / 16 conns" put --clients 256 --conns 16 --total 100000
+run "put, 1 client" put --clients 1 --conns 1 --total 3000 --key-space-size 100000
+run "put, 256 clients / 16 conns" put --clients 256 --conns 16 --total 100000 --key-space-size 100000
 run "range 1 key serializable, 1 client" range --clients 1 --conns 1 --total 20000 --key-space-size 10000 --consistency s
 run "range 1 key linearizable, 1 client" range --clients 1 --conns 1 --total 20000 --key-space-size 10000 --consistency l
 run "range 1 key serializable, 256 clients / 16 conns" range --clients 256 --conns 16 --total 300000 --key-space-size 10000 --consistency s
@@ -38,12 +38,14 @@ import json, statistics, sys, platform, subprocess, datetime
 rows = {}
 for line in open(sys.argv[1]):
     d = json.loads(line)
-    rows.setdefault(d["name"], []).append(d)
+    s = d["series"][0]  # corekv-bench's report: one series per request kind
+    s["name"] = d["name"]
+    rows.setdefault(d["name"], []).append(s)
 print("| workload | throughput (req/s) | p50 µs | p99 µs | p99.9 µs | errors |")
 print("| --- | ---: | ---: | ---: | ---: | ---: |")
 for name, runs in rows.items():
     med = lambda f: statistics.median(f(r) for r in runs)
-    errs = sum(sum(e["count"] for e in r["errors"]) for r in runs)
+    errs = sum(r["failed"] for r in runs)
     print(f"| {name} | {med(lambda r: r['throughput']):,.0f} | {med(lambda r: r['latency_us']['p50']):,.0f} | "
           f"{med(lambda r: r['latency_us']['p99']):,.0f} | {med(lambda r: r['latency_us']['p999']):,.0f} | {errs} |")
 print()

@@ -1,18 +1,30 @@
-//! `corekv-bench`: load generator and storage micro-benchmarks for corekv.
+//! `corekv-bench`: load generator (against corekv or etcd) and storage micro-benchmarks.
 //!
-//! Subcommands are dispatched to one module each so that every layer's benchmark lives
-//! next to the others but is written independently.
+//! Every subcommand lives in its own module; `main` only dispatches. Load subcommands share
+//! `args` (flags), `target` (the server behind one connection type), `load` (the driver:
+//! clients over connections over threads, pacing, timing) and `report` (histograms, text
+//! and JSON output).
 
+mod args;
 mod backend;
+mod checkperf;
+mod kv;
 mod lease;
-mod server;
+mod load;
+mod physical;
+mod report;
+mod target;
 mod wal;
 mod watch;
 
 use std::process::ExitCode;
 
 fn usage() -> &'static str {
-    "usage: corekv-bench <put|range|backend|wal|watch-latency|lease-keepalive> [options]   (corekv-bench <cmd> --help for options)"
+    "usage: corekv-bench <subcommand> [flags]   (corekv-bench <subcommand> --help for flags)\n\
+     load (--target corekv|etcd): put, range, txn-put, txn-mixed, check-perf, first-read\n\
+     watch and lease (corekv only for now): watch-latency, lease-keepalive\n\
+     physical limits: loopback-rtt (and wal's raw row)\n\
+     storage micro-benchmarks: backend, wal"
 }
 
 fn main() -> ExitCode {
@@ -23,7 +35,10 @@ fn main() -> ExitCode {
     };
     let rest: Vec<String> = args.collect();
     let result = match cmd.as_str() {
-        "put" | "range" => server::run(&cmd, &rest),
+        "put" | "range" | "txn-put" | "txn-mixed" => kv::run(&cmd, &rest),
+        "check-perf" => checkperf::run(&rest),
+        "first-read" => kv::first_read(&rest),
+        "loopback-rtt" => physical::run(&rest),
         "backend" => backend::run(&rest),
         "wal" => wal::run(&rest),
         "watch-latency" => watch::run(&rest),

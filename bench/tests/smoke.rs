@@ -1,0 +1,375 @@
+//! Short runs of every load subcommand of the real `corekv-bench` binary against a real
+//! `corekv` started by the test (on a free loopback port, fresh data dir). They check that
+//! the runs complete without errors and that the JSON report is complete and consistent;
+//! they never assert on timing (the machine is shared).
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// How long the server may take to start listening.
+const START_DEADLINE: Duration = Duration::from_secs(60);
+
+/// The `corekv` binary of this workspace, next to `corekv-bench` in the target dir.
+/// `cargo test --workspace` builds it (the corekv package has integration tests).
+fn corekv_binary() -> PathBuf {
+    let bench = PathBuf::from(env!("CARGO_BIN_EXE_corekv-bench"));
+    let path = bench.with_file_name("corekv");
+    assert!(
+        path.exists(),
+        "{} is missing: build it with `cargo build -p corekv` (`cargo test --workspace` does)",
+        path.display()
+    );
+    path
+}
+
+/// A `corekv` child process, killed on drop.
+struct Server {
+    child: Child,
+    endpoint: String,
+    data_dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    fn start() -> Server {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = tmp.path().join("data");
+        let mut s = Server::start_in(dir);
+        s._tmp = Some(tmp);
+        s
+    }
+
+    fn start_in(data_dir: PathBuf) -> Server {
+        let mut child = Command::new(corekv_binary())
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(["--listen-client-urls", "127.0.0.1:0", "--log-level", "warn"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn corekv");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening for clients on ").nth(1) {
+                    let addr = rest
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string();
+                    let _ = tx.send(addr);
+                }
+            }
+        });
+        let deadline = Instant::now() + START_DEADLINE;
+        let endpoint = loop {
+            if let Ok(addr) = rx.recv_timeout(Duration::from_millis(50)) {
+                break addr;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("corekv exited during start-up: {status}");
+            }
+            assert!(Instant::now() < deadline, "corekv did not start in time");
+        };
+        Server {
+            child,
+            endpoint,
+            data_dir,
+            _tmp: None,
+        }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn bench(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_corekv-bench"))
+        .args(args)
+        .output()
+        .expect("run corekv-bench")
+}
+
+/// Runs `corekv-bench args... --endpoints <server> --json`, expects success, returns the
+/// JSON report.
+fn run_json(server: &Server, args: &[&str]) -> Value {
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--endpoints", &server.endpoint, "--json"]);
+    let out = bench(&all);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "corekv-bench {all:?} failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+}
+
+/// Checks a report's series: `ok` successes per series name and no errors.
+fn assert_clean(report: &Value, expected: &[(&str, u64)]) {
+    let series = report["series"].as_array().expect("series");
+    assert_eq!(series.len(), expected.len(), "{report}");
+    for (s, (name, ok)) in series.iter().zip(expected) {
+        assert_eq!(s["name"], *name, "{report}");
+        assert_eq!(s["ok"], *ok, "{report}");
+        assert_eq!(s["failed"], 0, "{report}");
+        let l = &s["latency_us"];
+        if *ok > 0 {
+            assert!(l["p50"].as_u64() <= l["p99"].as_u64(), "{report}");
+            assert!(l["p99"].as_u64() <= l["max"].as_u64(), "{report}");
+            let counted: u64 = s["histogram"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b["count"].as_u64().unwrap())
+                .sum();
+            assert_eq!(
+                counted, *ok,
+                "histogram buckets hold every request: {report}"
+            );
+        }
+    }
+    assert_eq!(report["target"], "corekv");
+}
+
+#[test]
+fn kv_subcommands_complete_without_errors() {
+    let server = Server::start();
+    let common = [
+        "--clients",
+        "8",
+        "--conns",
+        "2",
+        "--threads",
+        "2",
+        "--no-progress",
+    ];
+    let with = |extra: &[&'static str]| -> Vec<&str> {
+        let mut v: Vec<&str> = extra.to_vec();
+        v.extend(common);
+        v
+    };
+    let r = run_json(
+        &server,
+        &with(&["put", "--total", "300", "--key-space-size", "100"]),
+    );
+    assert_clean(&r, &[("put", 300)]);
+    assert_eq!(r["config"]["clients"], "8");
+
+    for consistency in ["l", "s"] {
+        let r = run_json(
+            &server,
+            &with(&[
+                "range",
+                "--total",
+                "300",
+                "--key-space-size",
+                "200",
+                "--consistency",
+                consistency,
+            ]),
+        );
+        assert_clean(&r, &[("range", 300)]);
+        assert_eq!(r["config"]["consistency"], consistency);
+        assert!(r["notes"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("preloaded 200 keys"));
+    }
+    // Multi-key ranges check that every preloaded key of the span comes back.
+    let r = run_json(
+        &server,
+        &with(&[
+            "range",
+            "--total",
+            "50",
+            "--key-space-size",
+            "200",
+            "--limit",
+            "50",
+        ]),
+    );
+    assert_clean(&r, &[("range", 50)]);
+
+    let r = run_json(
+        &server,
+        &with(&[
+            "txn-put",
+            "--total",
+            "100",
+            "--txn-ops",
+            "4",
+            "--key-space-size",
+            "100",
+        ]),
+    );
+    assert_clean(&r, &[("txn-put", 100)]);
+
+    let r = run_json(
+        &server,
+        &with(&[
+            "txn-mixed",
+            "--total",
+            "400",
+            "--rw-ratio",
+            "3",
+            "--key-space-size",
+            "100",
+            "--limit",
+            "5",
+        ]),
+    );
+    let series = r["series"].as_array().unwrap();
+    let (reads, writes) = (
+        series[0]["ok"].as_u64().unwrap(),
+        series[1]["ok"].as_u64().unwrap(),
+    );
+    assert_eq!(reads + writes, 400, "{r}");
+    assert!(reads > writes, "3 reads per write: {r}");
+    assert_eq!(series[0]["failed"], 0);
+    assert_eq!(series[1]["failed"], 0);
+
+    // A duration-bound, rate-limited run stops on time with some requests done.
+    let r = run_json(
+        &server,
+        &with(&["put", "--duration", "0.5", "--rate", "200"]),
+    );
+    let ok = r["series"][0]["ok"].as_u64().unwrap();
+    assert!(ok > 0 && r["series"][0]["failed"] == 0, "{r}");
+
+    // Text output names the throughput and the histogram.
+    let out = bench(&[
+        "put",
+        "--total",
+        "20",
+        "--endpoints",
+        &server.endpoint,
+        "--no-progress",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("[put] 20 ok, 0 failed") && text.contains("histogram"),
+        "{text}"
+    );
+}
+
+#[test]
+fn check_perf_runs_the_load_and_cleans_up() {
+    let server = Server::start();
+    let args = [
+        "check-perf",
+        "--load",
+        "s",
+        "--duration",
+        "1",
+        "--clients",
+        "10",
+        "--conns",
+        "10",
+        "--no-progress",
+        "--json",
+        "--endpoints",
+    ];
+    let mut all = args.to_vec();
+    all.push(&server.endpoint);
+    // Twice: the second run finds the prefix empty only if the first cleaned up.
+    for _ in 0..2 {
+        let out = bench(&all);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // PASS or FAIL depends on the machine; the report must be complete either way.
+        let r: Value = serde_json::from_str(stdout.trim())
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}\n{stderr}"));
+        assert_eq!(
+            out.status.success(),
+            r["passed"].as_bool().unwrap(),
+            "{r}\n{stderr}"
+        );
+        assert_eq!(r["workload"], "check-perf --load s");
+        assert_eq!(r["checks"].as_array().unwrap().len(), 4, "{r}");
+        let ok = r["series"][0]["ok"].as_u64().unwrap();
+        assert!(ok > 0, "{r}");
+        let notes: Vec<&str> = r["notes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_str().unwrap())
+            .collect();
+        assert!(
+            notes.contains(&format!("deleted {ok} keys under the prefix afterwards").as_str()),
+            "{r}"
+        );
+        assert!(notes.iter().any(|n| n.contains("non-standard")), "{r}");
+    }
+}
+
+#[test]
+fn first_read_waits_for_a_restarted_server() {
+    let mut server = Server::start();
+    let r = run_json(
+        &server,
+        &["put", "--total", "1", "--sequential-keys", "--no-progress"],
+    );
+    assert_clean(&r, &[("put", 1)]);
+    server.kill();
+    let dir = server.data_dir.clone();
+    let tmp = server._tmp.take();
+    let server = Server::start_in(dir);
+    let out = bench(&["first-read", "--endpoints", &server.endpoint, "--json"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert!(r["first_read_seconds"].as_f64().unwrap() >= 0.0);
+    assert!(r["attempts"].as_u64().unwrap() >= 1);
+    drop(server);
+    drop(tmp);
+}
+
+#[test]
+fn unreachable_servers_and_bad_flags_fail_with_clear_messages() {
+    // A port nothing listens on: bind, note the port, close.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let endpoint = format!("127.0.0.1:{port}");
+    let out = bench(&[
+        "put",
+        "--total",
+        "1",
+        "--endpoints",
+        &endpoint,
+        "--timeout",
+        "2",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("connect to corekv"), "{err}");
+
+    let out = bench(&["range", "--txn-ops", "2"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown flag \"--txn-ops\" for range"));
+    let out = bench(&["nonsense"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown subcommand"));
+    let out = bench(&["check-perf", "--load", "xxl"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not s, m, l or xl"));
+}

@@ -1,0 +1,196 @@
+#!/usr/bin/env bash
+# corekv against etcd, side by side, with the same load generator (corekv-bench) in the same
+# run; writes perf/results/<date>.md and PNG plots next to it.
+#
+# Usage: perf/compare.sh [--cell-seconds N] [--check-perf-seconds N] [--restart-keys N]
+#   --cell-seconds        length of each matrix cell (default 10)
+#   --check-perf-seconds  length of each check-perf run (default 60, etcdctl's; shorter runs
+#                         are marked non-standard)
+#   --restart-keys        keys loaded before the RSS / data size / restart measurement
+#                         (default 1000000)
+#
+# What it does: installs Debian's etcd-server, etcd-client, protobuf-compiler (etcd-client's
+# build needs protoc) and gnuplot-nox if missing (needs root, as CI runs); builds release
+# binaries (corekv-bench with --features etcd); measures the physical limits (the disk's raw
+# write+fdatasync, the loopback round trip); starts etcd and corekv on loopback with fresh
+# data dirs (both fsync every commit: etcd's default, and corekv's only mode); runs the
+# matrix against both, alternating cells; samples each server's RSS; loads N keys into fresh
+# servers and measures RSS, data-dir size and restart time (SIGKILL, start, first
+# successful linearizable read); stops both.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CELL=10
+CHECK=60
+RESTART_KEYS=1000000
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --cell-seconds) CELL=$2; shift 2 ;;
+    --check-perf-seconds) CHECK=$2; shift 2 ;;
+    --restart-keys) RESTART_KEYS=$2; shift 2 ;;
+    *) echo "unknown argument $1 (see the header of $0)" >&2; exit 2 ;;
+  esac
+done
+
+need=()
+command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
+command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+command -v gnuplot >/dev/null 2>&1 || need+=(gnuplot-nox)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "== installing ${need[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+echo "== building release binaries" >&2
+# One invocation, so both binaries share one feature set (building them apart would rebuild
+# corekv's library each time the other is built).
+cargo build --release -q -p corekv -p corekv-bench --features corekv-bench/etcd --bins
+TARGET_DIR=$(cd "${CARGO_TARGET_DIR:-target}" && pwd)
+BENCH=$TARGET_DIR/release/corekv-bench
+COREKV=$TARGET_DIR/release/corekv
+
+# 1,000 client connections plus the servers' files: raise the soft limit to the hard one.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 4096 ]; then
+  echo "open-file limit $(ulimit -n) is below 4096; check-perf xl needs 1,000 connections" >&2
+fi
+
+DATE=$(date -u +%Y-%m-%d)
+OUT=perf/results
+mkdir -p "$OUT"
+RESULT="$OUT/$DATE.md"
+WORK=$(mktemp -d /tmp/corekv-compare.XXXXXX)
+JSONL="$WORK/results.jsonl"
+RSSLOG="$WORK/rss.jsonl"
+: > "$JSONL"
+: > "$RSSLOG"
+CK_PORT=${CK_PORT:-23790}
+ET_PORT=${ET_PORT:-23791}
+ET_PEER=${ET_PEER:-23792}
+QUOTA=$((8 * 1024 * 1024 * 1024))
+CK_PID=""
+ET_PID=""
+
+cleanup() {
+  [ -n "$CK_PID" ] && kill "$CK_PID" 2>/dev/null || true
+  [ -n "$ET_PID" ] && kill "$ET_PID" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+start_corekv() { # data dir
+  "$COREKV" --data-dir "$1" --listen-client-urls "127.0.0.1:$CK_PORT" --log-level warn \
+    --quota-backend-bytes "$QUOTA" >> "$WORK/corekv.log" 2>&1 &
+  CK_PID=$!
+}
+start_etcd() { # data dir
+  etcd --name compare --data-dir "$1" \
+    --listen-client-urls "http://127.0.0.1:$ET_PORT" --advertise-client-urls "http://127.0.0.1:$ET_PORT" \
+    --listen-peer-urls "http://127.0.0.1:$ET_PEER" --initial-advertise-peer-urls "http://127.0.0.1:$ET_PEER" \
+    --initial-cluster "compare=http://127.0.0.1:$ET_PEER" --quota-backend-bytes "$QUOTA" \
+    --log-level warn >> "$WORK/etcd.log" 2>&1 &
+  ET_PID=$!
+}
+endpoint() { [ "$1" = corekv ] && echo "127.0.0.1:$CK_PORT" || echo "127.0.0.1:$ET_PORT"; }
+wait_ready() { # target: a put succeeds (bounded: 600 tries, 0.1 s apart)
+  for _ in $(seq 1 600); do
+    if "$BENCH" put --target "$1" --endpoints "$(endpoint "$1")" --total 1 --timeout 2 --no-progress --json >/dev/null 2>&1; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  echo "$1 did not become ready; logs:" >&2
+  tail -20 "$WORK/$1.log" >&2
+  exit 1
+}
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+hwm_kib() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
+sample_rss() { # label
+  echo "{\"label\":\"$1\",\"corekv_rss_kib\":$(rss_kib "$CK_PID"),\"etcd_rss_kib\":$(rss_kib "$ET_PID"),\"corekv_hwm_kib\":$(hwm_kib "$CK_PID"),\"etcd_hwm_kib\":$(hwm_kib "$ET_PID")}" >> "$RSSLOG"
+}
+
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+echo "== physical limits" >&2
+"$BENCH" wal --dir "$WORK/walbench" --appenders 1 --duration 2 --reps 1 > "$WORK/wal.txt" 2>&1
+rm -rf "$WORK/walbench"
+"$BENCH" loopback-rtt --total 20000 --json > "$WORK/rtt.json"
+
+echo "== starting corekv and etcd on fresh data dirs" >&2
+start_corekv "$WORK/corekv-data"
+start_etcd "$WORK/etcd-data"
+wait_ready corekv
+wait_ready etcd
+
+COMMANDS="$WORK/commands.txt"
+: > "$COMMANDS"
+cell() { # name, then corekv-bench arguments (without --target/--endpoints)
+  local name=$1; shift
+  echo "corekv-bench $* --target <corekv|etcd> --endpoints <addr> --json" >> "$COMMANDS"
+  for t in etcd corekv; do
+    echo "== $name: $t" >&2
+    local out
+    # check-perf exits non-zero on FAIL; its JSON is still the result.
+    out=$("$BENCH" "$@" --target "$t" --endpoints "$(endpoint "$t")" --json --no-progress 2>"$WORK/err.txt") || true
+    if [ -z "$out" ]; then
+      out="{\"error\":$(python3 -c 'import json,sys; print(json.dumps(open(sys.argv[1]).read().strip()))' "$WORK/err.txt")}"
+      echo "   failed: $(cat "$WORK/err.txt")" >&2
+    fi
+    echo "{\"name\":\"$name\",\"target\":\"$t\",\"result\":$out}" >> "$JSONL"
+    sample_rss "$name / $t"
+  done
+}
+
+D="--duration $CELL"
+KV="--key-size 8 --val-size 256"
+cell "put, 1 client" put $D $KV --key-space-size 100000 --clients 1 --conns 1
+cell "put, 256 clients / 16 conns" put $D $KV --key-space-size 100000 --clients 256 --conns 16
+cell "put, 1000 clients / 100 conns" put $D $KV --key-space-size 100000 --clients 1000 --conns 100
+cell "range 1 key serializable, 1 client" range $D $KV --key-space-size 10000 --consistency s --clients 1 --conns 1
+cell "range 1 key linearizable, 1 client" range $D $KV --key-space-size 10000 --consistency l --clients 1 --conns 1
+cell "range 1 key serializable, 256 clients / 16 conns" range $D $KV --key-space-size 10000 --consistency s --clients 256 --conns 16
+cell "range 1 key linearizable, 256 clients / 16 conns" range $D $KV --key-space-size 10000 --consistency l --clients 256 --conns 16
+cell "range 1000 keys linearizable, 16 clients / 4 conns" range $D $KV --key-space-size 10000 --limit 1000 --consistency l --clients 16 --conns 4
+cell "txn-put 16 ops, 256 clients / 16 conns" txn-put $D $KV --key-space-size 100000 --txn-ops 16 --clients 256 --conns 16
+cell "txn-mixed 4 reads : 1 write, 256 clients / 16 conns" txn-mixed $D $KV --key-space-size 10000 --rw-ratio 4 --clients 256 --conns 16
+cell "check-perf l" check-perf --load l --duration "$CHECK"
+cell "check-perf xl" check-perf --load xl --duration "$CHECK"
+
+echo "== $RESTART_KEYS keys: RSS, data size, restart to first read" >&2
+kill "$CK_PID" "$ET_PID"; wait "$CK_PID" "$ET_PID" 2>/dev/null || true
+RESTART="$WORK/restart.jsonl"
+: > "$RESTART"
+for t in etcd corekv; do
+  dir="$WORK/$t-big"
+  if [ "$t" = corekv ]; then start_corekv "$dir"; pid() { echo "$CK_PID"; }; else start_etcd "$dir"; pid() { echo "$ET_PID"; }; fi
+  wait_ready "$t"
+  echo "corekv-bench put --sequential-keys --key-size 8 --val-size 256 --key-space-size $RESTART_KEYS --total $RESTART_KEYS --clients 1000 --conns 100 --target <t> --endpoints <addr> --json" >> "$COMMANDS"
+  load=$("$BENCH" put --target "$t" --endpoints "$(endpoint "$t")" --sequential-keys --key-size 8 --val-size 256 \
+    --key-space-size "$RESTART_KEYS" --total "$RESTART_KEYS" --clients 1000 --conns 100 --json --no-progress)
+  rss=$(rss_kib "$(pid)")
+  size=$(du -sb "$dir" | cut -f1)
+  kill -9 "$(pid)"; wait "$(pid)" 2>/dev/null || true
+  t0=$(date +%s%N)
+  if [ "$t" = corekv ]; then start_corekv "$dir"; else start_etcd "$dir"; fi
+  "$BENCH" first-read --target "$t" --endpoints "$(endpoint "$t")" --key-size 8 --json > "$WORK/first.json"
+  t1=$(date +%s%N)
+  rss_after=$(rss_kib "$(pid)")
+  echo "{\"target\":\"$t\",\"keys\":$RESTART_KEYS,\"load\":$load,\"rss_kib\":$rss,\"data_bytes\":$size,\"restart_seconds\":$(python3 -c "print(($t1-$t0)/1e9)"),\"rss_after_restart_kib\":$rss_after}" >> "$RESTART"
+  kill "$(pid)"; wait "$(pid)" 2>/dev/null || true
+done
+CK_PID=""; ET_PID=""
+LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
+
+echo "== writing $RESULT" >&2
+python3 perf/compare_report.py \
+  --results "$JSONL" --rss "$RSSLOG" --restart "$RESTART" --wal "$WORK/wal.txt" --rtt "$WORK/rtt.json" \
+  --commands "$COMMANDS" --out "$RESULT" --plots "$OUT/$DATE" \
+  --cell-seconds "$CELL" --check-perf-seconds "$CHECK" \
+  --load-start "$LOAD_START" --load-end "$LOAD_END" \
+  --corekv-version "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . || echo '-dirty')" \
+  --etcd-version "$(etcd --version | head -1)" \
+  --machine "$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr)"
+echo "wrote $RESULT" >&2
