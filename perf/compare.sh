@@ -75,10 +75,17 @@ CK_PID=""
 ET_PID=""
 
 cleanup() {
+  local status=$?
   [ -n "$CK_PID" ] && kill "$CK_PID" 2>/dev/null || true
   [ -n "$ET_PID" ] && kill "$ET_PID" 2>/dev/null || true
   wait 2>/dev/null || true
-  rm -rf "$WORK"
+  if [ "$status" -eq 0 ]; then
+    rm -rf "$WORK"
+  else
+    # Keep the measurements and both servers' logs for the post-mortem (data dirs removed).
+    rm -rf "$WORK"/*-data "$WORK"/*-big
+    echo "compare.sh failed; measurements and logs kept in $WORK" >&2
+  fi
 }
 trap cleanup EXIT
 
