@@ -228,6 +228,9 @@ impl RaftShard {
         let (wal, info) = Wal::open(&config.data_dir, config.wal.clone(), |r| store.recover(r))
             .await
             .map_err(|e| format!("open WAL: {e}"))?;
+        store
+            .finish_recovery()
+            .map_err(|e| format!("replay WAL: {e}"))?;
         match store.metadata() {
             None => wal
                 .append(vec![Record::Metadata {

@@ -25,6 +25,9 @@ pub struct LogStore {
     entries: VecDeque<Entry>,
     /// Cluster and member id found in the log, if any.
     metadata: Option<(u64, u64)>,
+    /// During replay: the entries jumped past a gap, so `snapshot_index` was moved to just
+    /// before the gap with its term still unknown; a later snapshot marker must cover it.
+    gap_pending: bool,
 }
 
 impl LogStore {
@@ -41,15 +44,29 @@ impl LogStore {
             snapshot_term: 0,
             entries: VecDeque::new(),
             metadata: None,
+            gap_pending: false,
         }
     }
 
     /// Applies one record replayed from the WAL, in log order.
+    ///
+    /// Released segments can leave a gap before the first replayed entries: the snapshot
+    /// marker carried to the start of the oldest kept segment may predate the last release,
+    /// whose own marker (covering everything released) was appended after entries that
+    /// follow it. So a gap moves the compaction point to just before it, and the later
+    /// marker then supplies its term; [`LogStore::finish_recovery`] refuses a gap that no
+    /// marker covered (lost entries).
     pub fn recover(&mut self, record: Record) {
         match record {
             Record::Entry { index, term, data } => {
                 if index <= self.snapshot_index {
                     return; // covered by a later-written snapshot marker's state
+                }
+                if index > self.last() + 1 {
+                    self.entries.clear();
+                    self.snapshot_index = index - 1;
+                    self.snapshot_term = 0;
+                    self.gap_pending = true;
                 }
                 let e = Entry {
                     index,
@@ -67,6 +84,10 @@ impl LogStore {
             Record::Snapshot { index, term } => {
                 if index > self.snapshot_index {
                     self.compact_to(index, term);
+                    self.gap_pending = false;
+                } else if index == self.snapshot_index && self.gap_pending {
+                    self.snapshot_term = term;
+                    self.gap_pending = false;
                 }
             }
             Record::Metadata {
@@ -74,6 +95,18 @@ impl LogStore {
                 member_id,
             } => self.metadata = Some((cluster_id, member_id)),
         }
+    }
+
+    /// Checks the replayed log after the last record: a gap in the entries that no snapshot
+    /// marker covers means the WAL lost entries.
+    pub fn finish_recovery(&self) -> Result<(), String> {
+        if self.gap_pending {
+            return Err(format!(
+                "the WAL has no entries before index {} and no snapshot marker covering them: entries were lost",
+                self.snapshot_index + 1
+            ));
+        }
+        Ok(())
     }
 
     /// The (cluster id, member id) recorded in the log, if any.
@@ -323,5 +356,64 @@ mod tests {
         assert_eq!(s.first_index().unwrap(), 5);
         assert_eq!(s.last(), 5);
         assert_eq!(s.hard_state().commit, 5);
+    }
+
+    fn replay_entries(s: &mut LogStore, indexes: std::ops::RangeInclusive<u64>, term: u64) {
+        for index in indexes {
+            s.recover(Record::Entry {
+                index,
+                term,
+                data: vec![],
+            });
+        }
+    }
+
+    /// The oldest kept segment starts with a stale carried-over marker (100) and then entries
+    /// after a released gap (151..); the marker of that release (150) comes later in the log.
+    #[test]
+    fn recovery_accepts_a_released_gap_covered_by_a_later_marker() {
+        let mut s = LogStore::new(1);
+        s.recover(Record::Snapshot {
+            index: 100,
+            term: 1,
+        });
+        replay_entries(&mut s, 151..=160, 2);
+        s.recover(Record::Snapshot {
+            index: 150,
+            term: 2,
+        });
+        replay_entries(&mut s, 161..=170, 2);
+        s.finish_recovery().unwrap();
+        assert_eq!(s.first_index().unwrap(), 151);
+        assert_eq!(s.last(), 170);
+        assert_eq!(s.term(150).unwrap(), 2);
+        assert_eq!(s.term(160).unwrap(), 2);
+
+        // A later marker beyond the gap point also covers it.
+        let mut s = LogStore::new(1);
+        s.recover(Record::Snapshot {
+            index: 100,
+            term: 1,
+        });
+        replay_entries(&mut s, 151..=160, 2);
+        s.recover(Record::Snapshot {
+            index: 155,
+            term: 2,
+        });
+        s.finish_recovery().unwrap();
+        assert_eq!((s.first_index().unwrap(), s.last()), (156, 160));
+    }
+
+    #[test]
+    fn recovery_refuses_a_gap_no_marker_covers() {
+        let mut s = LogStore::new(1);
+        s.recover(Record::Snapshot {
+            index: 100,
+            term: 1,
+        });
+        replay_entries(&mut s, 101..=120, 1);
+        replay_entries(&mut s, 131..=140, 1);
+        let err = s.finish_recovery().unwrap_err();
+        assert!(err.contains("before index 131"), "{err}");
     }
 }

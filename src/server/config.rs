@@ -57,6 +57,9 @@ pub struct Flags {
     /// Largest backend file before writes fail with "no space" (0 = default 2 GiB).
     #[arg(long, default_value_t = 0)]
     pub quota_backend_bytes: u64,
+    /// Size of each write-ahead log segment file, bytes (a multiple of 4096, 64 KiB..=1 GiB).
+    #[arg(long, default_value_t = crate::wal::DEFAULT_SEGMENT_SIZE)]
+    pub wal_segment_bytes: u64,
     /// Log verbosity.
     #[arg(long, value_enum, default_value_t = LogLevel::Info)]
     pub log_level: LogLevel,
@@ -125,6 +128,8 @@ pub struct Config {
     pub max_txn_ops: usize,
     /// Backend size quota, bytes.
     pub quota_backend_bytes: u64,
+    /// WAL settings.
+    pub wal: crate::wal::Options,
     /// Log verbosity.
     pub log_level: LogLevel,
     /// Interval of watch progress notifications.
@@ -146,6 +151,7 @@ impl Config {
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             max_txn_ops: crate::mvcc::store::DEFAULT_MAX_TXN_OPS,
             quota_backend_bytes: DEFAULT_QUOTA_BACKEND_BYTES,
+            wal: crate::wal::Options::default(),
             log_level: LogLevel::Info,
             watch_progress_notify_interval: crate::watch::DEFAULT_PROGRESS_NOTIFY_INTERVAL,
             min_lease_ttl: default_min_lease_ttl(),
@@ -210,6 +216,7 @@ impl Config {
                 "--lease-checkpoint-interval: {lease_checkpoint_interval:?} is below the minimum of {MIN_LEASE_CHECKPOINT_INTERVAL:?}"
             ));
         }
+        let wal = wal_options(flags.wal_segment_bytes)?;
         Ok(Config {
             name: flags.name,
             data_dir: flags.data_dir,
@@ -222,12 +229,27 @@ impl Config {
             } else {
                 flags.quota_backend_bytes
             },
+            wal,
             log_level: flags.log_level,
             watch_progress_notify_interval: flags.watch_progress_notify_interval,
             min_lease_ttl: flags.min_lease_ttl,
             lease_checkpoint_interval,
         })
     }
+}
+
+/// WAL options for segments of `segment_bytes`: a batch may take at most half a segment.
+fn wal_options(segment_bytes: u64) -> Result<crate::wal::Options, String> {
+    let defaults = crate::wal::Options::default();
+    let options = crate::wal::Options {
+        segment_size: segment_bytes,
+        max_batch_bytes: defaults.max_batch_bytes.min((segment_bytes / 2) as usize),
+        ..defaults
+    };
+    options
+        .validate()
+        .map_err(|e| format!("--wal-segment-bytes: {segment_bytes}: {e}"))?;
+    Ok(options)
 }
 
 /// Cores this process may run on.

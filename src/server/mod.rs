@@ -79,7 +79,7 @@ pub fn start(config: Config) -> Result<RunningServer, String> {
             max_txn_ops: config.max_txn_ops,
         },
         quota_backend_bytes: config.quota_backend_bytes,
-        wal: crate::wal::Options::default(),
+        wal: config.wal.clone(),
         backend: crate::backend::Options::default(),
         watch: Some(fan_out),
     };
