@@ -64,7 +64,7 @@ pub struct Flags {
     #[arg(long, value_enum, default_value_t = LogLevel::Info)]
     pub log_level: LogLevel,
     /// Interval of progress notifications to watchers that ask for them (e.g. 10m, 5s, 100ms).
-    #[arg(long, default_value = "10m", value_parser = crate::watch::parse_duration)]
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
     pub watch_progress_notify_interval: std::time::Duration,
     /// Smallest lease TTL granted, seconds; smaller requests are raised to it (default as
     /// etcd derives it: 1.5 election timeouts, rounded up).
@@ -72,8 +72,8 @@ pub struct Flags {
     pub min_lease_ttl: i64,
     /// How often each shard checkpoints its leases' remaining TTLs through the log (so a
     /// restart resumes them): a number with a unit, e.g. 500ms, 30s, 5m.
-    #[arg(long, default_value = "5m")]
-    pub lease_checkpoint_interval: String,
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub lease_checkpoint_interval: Duration,
 }
 
 /// Shortest accepted `--lease-checkpoint-interval`.
@@ -87,28 +87,31 @@ pub fn default_min_lease_ttl() -> i64 {
     (ms + 999) / 1000
 }
 
-/// Parses a duration flag: a number followed by `ms`, `s`, `m` or `h`.
-pub fn parse_duration(flag: &str, v: &str) -> Result<Duration, String> {
-    let v = v.trim();
-    let split = v
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("{flag}: {v:?} needs a unit (ms, s, m or h)"))?;
-    let (num, unit) = v.split_at(split);
+/// Parses a duration as etcd flags write them: a number with `ms`, `s`, `m` or `h`
+/// (e.g. `10m`, `500ms`); `0` disables.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit_ms) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1u64)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1000)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60_000)
+    } else if let Some(n) = s.strip_suffix('h') {
+        (n, 3_600_000)
+    } else if s == "0" {
+        ("0", 1)
+    } else {
+        return Err(format!(
+            "{s:?}: expected a number with ms, s, m or h (e.g. 10m)"
+        ));
+    };
     let n: u64 = num
         .parse()
-        .map_err(|_| format!("{flag}: {v:?} does not start with a number"))?;
-    let d = match unit {
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n.saturating_mul(60)),
-        "h" => Duration::from_secs(n.saturating_mul(3600)),
-        _ => {
-            return Err(format!(
-                "{flag}: {v:?}: unknown unit {unit:?} (ms, s, m or h)"
-            ))
-        }
-    };
-    Ok(d)
+        .map_err(|e| format!("{s:?}: {e} (expected e.g. 10m, 5s, 100ms)"))?;
+    n.checked_mul(unit_ms)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("{s:?}: too large"))
 }
 
 /// Validated server configuration.
@@ -207,10 +210,7 @@ impl Config {
                 crate::mvcc::lease::MAX_LEASE_TTL
             ));
         }
-        let lease_checkpoint_interval = parse_duration(
-            "--lease-checkpoint-interval",
-            &flags.lease_checkpoint_interval,
-        )?;
+        let lease_checkpoint_interval = flags.lease_checkpoint_interval;
         if lease_checkpoint_interval < MIN_LEASE_CHECKPOINT_INTERVAL {
             return Err(format!(
                 "--lease-checkpoint-interval: {lease_checkpoint_interval:?} is below the minimum of {MIN_LEASE_CHECKPOINT_INTERVAL:?}"
@@ -327,5 +327,15 @@ mod tests {
         .unwrap();
         assert_eq!(c.min_lease_ttl, 1);
         assert_eq!(c.lease_checkpoint_interval, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn durations_parse_as_etcd_writes_them() {
+        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5").is_err());
     }
 }

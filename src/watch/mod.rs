@@ -80,21 +80,6 @@ impl AppliedBatch {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_parse_as_etcd_writes_them() {
-        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
-        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
-        assert!(parse_duration("ten").is_err());
-        assert!(parse_duration("5").is_err());
-    }
-}
-
 /// Estimated bytes of an event (key, value, overhead).
 pub fn event_bytes(e: &Event) -> usize {
     e.kv.key.len() + e.kv.value.len() + EVENT_OVERHEAD_BYTES
@@ -122,33 +107,6 @@ impl std::fmt::Debug for FanOut {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "FanOut({} shards)", self.shards.len())
     }
-}
-
-/// Parses a duration as etcd flags write them: a number with `ms`, `s`, `m` or `h`
-/// (e.g. `10m`, `500ms`); `0` disables.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit_ms) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 1u64)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1000)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60_000)
-    } else if let Some(n) = s.strip_suffix('h') {
-        (n, 3_600_000)
-    } else if s == "0" {
-        ("0", 1)
-    } else {
-        return Err(format!(
-            "{s:?}: expected a number with ms, s, m or h (e.g. 10m)"
-        ));
-    };
-    let n: u64 = num
-        .parse()
-        .map_err(|e| format!("{s:?}: {e} (expected e.g. 10m, 5s, 100ms)"))?;
-    n.checked_mul(unit_ms)
-        .map(Duration::from_millis)
-        .ok_or_else(|| format!("{s:?}: too large"))
 }
 
 /// A shard hub's side of the fan-out.
