@@ -37,19 +37,8 @@ impl Client {
             let mut q = c.lease.grant_request();
             write_grant_request(&LeaseGrant { id, ttl }, q.get().init_request());
             let reply = q.send().promise.await?;
-            use crate::generated::rpc_capnp::lease_grant_result::Which;
-            match reply
-                .get()?
-                .get_result()?
-                .which()
-                .map_err(|e| capnp::Error::failed(e.to_string()))?
-            {
-                Which::Ok(r) => {
-                    let r = r?;
-                    Ok((r.get_id(), r.get_ttl(), api::read_header(r.get_header()?)))
-                }
-                Which::Err(e) => Err(ClientError::Server(api::read_error(e?)?)),
-            }
+            let r = ok_reply!(reply, lease_grant_result);
+            Ok((r.get_id(), r.get_ttl(), api::read_header(r.get_header()?)))
         })
         .await
     }
@@ -60,16 +49,8 @@ impl Client {
             let mut q = c.lease.revoke_request();
             q.get().init_request().set_id(id);
             let reply = q.send().promise.await?;
-            use crate::generated::rpc_capnp::lease_revoke_result::Which;
-            match reply
-                .get()?
-                .get_result()?
-                .which()
-                .map_err(|e| capnp::Error::failed(e.to_string()))?
-            {
-                Which::Ok(r) => Ok(api::read_header(r?.get_header()?)),
-                Which::Err(e) => Err(ClientError::Server(api::read_error(e?)?)),
-            }
+            let r = ok_reply!(reply, lease_revoke_result);
+            Ok(api::read_header(r.get_header()?))
         })
         .await
     }
@@ -107,20 +88,9 @@ impl Client {
             let mut forwarded = 0usize;
             for p in pending {
                 let reply = p.await?;
-                use crate::generated::rpc_capnp::lease_keep_alive_result::Which;
-                match reply
-                    .get()?
-                    .get_result()?
-                    .which()
-                    .map_err(|e| capnp::Error::failed(e.to_string()))?
-                {
-                    Which::Ok(r) => {
-                        let r = r?;
-                        forwarded += r.get_forwarded() as usize;
-                        out.extend(r.get_ttls()?.iter());
-                    }
-                    Which::Err(e) => return Err(ClientError::Server(api::read_error(e?)?)),
-                }
+                let r = ok_reply!(reply, lease_keep_alive_result);
+                forwarded += r.get_forwarded() as usize;
+                out.extend(r.get_ttls()?.iter());
             }
             if out.len() != ids.len() {
                 return Err(ClientError::Transport(format!(
@@ -159,19 +129,8 @@ impl Client {
             r.set_id(id);
             r.set_keys(keys);
             let reply = q.send().promise.await?;
-            use crate::generated::rpc_capnp::lease_time_to_live_result::Which;
-            match reply
-                .get()?
-                .get_result()?
-                .which()
-                .map_err(|e| capnp::Error::failed(e.to_string()))?
-            {
-                Which::Ok(r) => {
-                    let r = r?;
-                    Ok((read_time_to_live(r)?, api::read_header(r.get_header()?)))
-                }
-                Which::Err(e) => Err(ClientError::Server(api::read_error(e?)?)),
-            }
+            let r = ok_reply!(reply, lease_time_to_live_result);
+            Ok((read_time_to_live(r)?, api::read_header(r.get_header()?)))
         })
         .await
     }
@@ -180,22 +139,11 @@ impl Client {
     pub async fn lease_leases(&self) -> Result<(Vec<i64>, Header)> {
         self.call(async |c| {
             let reply = c.lease.leases_request().send().promise.await?;
-            use crate::generated::rpc_capnp::lease_leases_result::Which;
-            match reply
-                .get()?
-                .get_result()?
-                .which()
-                .map_err(|e| capnp::Error::failed(e.to_string()))?
-            {
-                Which::Ok(r) => {
-                    let r = r?;
-                    Ok((
-                        r.get_leases()?.iter().collect(),
-                        api::read_header(r.get_header()?),
-                    ))
-                }
-                Which::Err(e) => Err(ClientError::Server(api::read_error(e?)?)),
-            }
+            let r = ok_reply!(reply, lease_leases_result);
+            Ok((
+                r.get_leases()?.iter().collect(),
+                api::read_header(r.get_header()?),
+            ))
         })
         .await
     }

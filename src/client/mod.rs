@@ -6,6 +6,31 @@
 //! failing call returns [`ClientError::Transport`] and the next call reconnects, trying the
 //! endpoints in turn. Calls are never retried automatically (a write may have been applied).
 
+/// The `ok` reader of a call's result union, or (returned early) the server's typed error.
+macro_rules! ok_reply {
+    ($reply:expr, $union:ident) => {{
+        use crate::generated::rpc_capnp::$union::Which;
+        match $reply
+            .get()?
+            .get_result()?
+            .which()
+            .map_err(|e| capnp::Error::failed(e.to_string()))?
+        {
+            Which::Ok(r) => r?,
+            Which::Err(e) => return Err(ClientError::Server(api::read_error(e?)?)),
+        }
+    }};
+}
+
+/// Turns a `result` union (`ok`: a response with a header, or `err`: a typed error) into the
+/// client's result, reading the response with `$read`.
+macro_rules! answer {
+    ($reply:expr, $union:ident, $read:path) => {{
+        let r = ok_reply!($reply, $union);
+        Ok(($read(r)?, api::read_header(r.get_header()?)))
+    }};
+}
+
 pub mod lease;
 pub mod txn;
 pub mod watch;
@@ -32,26 +57,6 @@ use crate::mvcc::{
 };
 pub use lease::KeepAlive;
 pub use txn::Txn;
-
-/// Turns a `result` union (`ok`: a response with a header, or `err`: a typed error) into the
-/// client's result, reading the response with `$read`.
-macro_rules! answer {
-    ($reply:expr, $union:ident, $read:path) => {{
-        use crate::generated::rpc_capnp::$union::Which;
-        match $reply
-            .get()?
-            .get_result()?
-            .which()
-            .map_err(|e| capnp::Error::failed(e.to_string()))?
-        {
-            Which::Ok(r) => {
-                let r = r?;
-                Ok(($read(r)?, api::read_header(r.get_header()?)))
-            }
-            Which::Err(e) => Err(ClientError::Server(api::read_error(e?)?)),
-        }
-    }};
-}
 
 /// Default per-request timeout.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -458,16 +463,8 @@ impl Client {
             r.set_revision(revision);
             r.set_physical(physical);
             let reply = q.send().promise.await?;
-            use crate::generated::rpc_capnp::compaction_result::Which;
-            match reply
-                .get()?
-                .get_result()?
-                .which()
-                .map_err(|e| capnp::Error::failed(e.to_string()))?
-            {
-                Which::Ok(r) => Ok(api::read_header(r?.get_header()?)),
-                Which::Err(e) => Err(ClientError::Server(api::read_error(e?)?)),
-            }
+            let r = ok_reply!(reply, compaction_result);
+            Ok(api::read_header(r.get_header()?))
         })
         .await
     }
