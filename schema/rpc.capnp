@@ -268,6 +268,9 @@ struct WatchResponse {
 interface WatchSink {
   # Implemented by the client; the server streams responses into it.
   send @0 (response :WatchResponse) -> stream;
+  sendBatch @1 (responses :List(WatchResponse)) -> stream;
+  # Several responses, in order: the server sends what is queued for a stream in one call
+  # (bounded), so many watchers' events cost one call instead of one each.
 }
 
 struct WatchCreateResult { union { ok @0 :Int64; err @1 :Error; } }   # ok: the watch id

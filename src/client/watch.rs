@@ -47,6 +47,35 @@ impl watch_sink::Server for Sink {
             Ok(())
         }
     }
+
+    fn send_batch(
+        self: Rc<Self>,
+        params: watch_sink::SendBatchParams,
+    ) -> impl Future<Output = std::result::Result<(), capnp::Error>> + 'static {
+        let decoded: Vec<Result<WatchResponse>> = match params.get().and_then(|p| p.get_responses())
+        {
+            Ok(list) => list
+                .iter()
+                .map(|r| {
+                    wire_watch::read_watch_response(r).map_err(|e| {
+                        ClientError::Transport(format!("malformed watch response: {e}"))
+                    })
+                })
+                .collect(),
+            Err(e) => vec![Err(ClientError::Transport(format!(
+                "malformed watch response batch: {e}"
+            )))],
+        };
+        let mut tx = self.tx.clone();
+        async move {
+            for r in decoded {
+                if tx.send(r).await.is_err() {
+                    break;
+                }
+            }
+            Ok(())
+        }
+    }
 }
 
 /// A watch stream: create and cancel watchers, and read their responses in order.

@@ -59,27 +59,58 @@ impl watch::Server for WatchService {
     }
 }
 
-/// Sends the stream's responses in order until the stream closes or the sink fails.
+/// Most responses sent to a sink in one call.
+pub const MAX_SINK_BATCH_RESPONSES: usize = 256;
+/// Estimated bytes of responses gathered into one sink call (one more response may follow
+/// the last that fit, so a call is at most this plus one response).
+pub const MAX_SINK_BATCH_BYTES: usize = 256 << 10;
+
+/// Sends the stream's responses in order until the stream closes or the sink fails; what is
+/// queued goes out in one `sendBatch` call (bounded by the limits above).
 async fn send_loop(ctx: Rc<ShardContext>, sid: u64, bell: Rc<Doorbell>, sink: watch_sink::Client) {
     loop {
-        let next = ctx.watch.borrow_mut().pop(sid);
-        match next {
-            Some(out) => {
-                let mut req = sink.send_request();
-                api::watch::write_outgoing(&out, ctx.header(0), req.get().init_response());
-                drop(out);
-                if let Err(e) = req.send().await {
-                    crate::log!(Debug, "watch stream {sid}: sink failed: {e}");
-                    ctx.watch.borrow_mut().close_stream(sid);
-                    return;
+        let batch = {
+            let mut hub = ctx.watch.borrow_mut();
+            let mut batch = Vec::new();
+            let mut bytes = 0;
+            while batch.len() < MAX_SINK_BATCH_RESPONSES && bytes < MAX_SINK_BATCH_BYTES {
+                match hub.pop(sid) {
+                    Some(out) => {
+                        bytes += out.bytes();
+                        batch.push(out);
+                    }
+                    None => break,
                 }
             }
-            None => {
-                if !ctx.watch.borrow().is_open(sid) {
-                    return;
-                }
-                bell.wait().await;
+            batch
+        };
+        if batch.is_empty() {
+            if !ctx.watch.borrow().is_open(sid) {
+                return;
             }
+            bell.wait().await;
+            continue;
+        }
+        let sent = if let [out] = &batch[..] {
+            let mut req = sink.send_request();
+            api::watch::write_outgoing(out, ctx.header(0), req.get().init_response());
+            drop(batch);
+            req.send().await
+        } else {
+            let mut req = sink.send_batch_request();
+            {
+                let mut list = req.get().init_responses(batch.len() as u32);
+                for (i, out) in batch.iter().enumerate() {
+                    api::watch::write_outgoing(out, ctx.header(0), list.reborrow().get(i as u32));
+                }
+            }
+            drop(batch);
+            req.send().await
+        };
+        if let Err(e) = sent {
+            crate::log!(Debug, "watch stream {sid}: sink failed: {e}");
+            ctx.watch.borrow_mut().close_stream(sid);
+            return;
         }
     }
 }

@@ -100,7 +100,8 @@ pub enum Outgoing {
 }
 
 impl Outgoing {
-    fn bytes(&self) -> usize {
+    /// Estimated encoded size (what the stream's queue limit counts).
+    pub fn bytes(&self) -> usize {
         match self {
             Outgoing::Events {
                 source,
