@@ -473,39 +473,28 @@ impl Client {
     pub async fn status(&self) -> Result<Status> {
         self.call(async |c| {
             let reply = c.maintenance.status_request().send().promise.await?;
-            use crate::generated::rpc_capnp::status_result::Which;
-            match reply
-                .get()?
-                .get_result()?
-                .which()
-                .map_err(|e| capnp::Error::failed(e.to_string()))?
-            {
-                Which::Ok(s) => {
-                    let s = s?;
-                    let mut errors = Vec::new();
-                    for e in s.get_errors()?.iter() {
-                        errors.push(
-                            e?.to_string()
-                                .map_err(|e| ClientError::Transport(e.to_string()))?,
-                        );
-                    }
-                    Ok(Status {
-                        header: api::read_header(s.get_header()?),
-                        version: s
-                            .get_version()?
-                            .to_string()
-                            .map_err(|e| ClientError::Transport(e.to_string()))?,
-                        db_size: s.get_db_size(),
-                        db_size_in_use: s.get_db_size_in_use(),
-                        leader: s.get_leader(),
-                        raft_index: s.get_raft_index(),
-                        raft_term: s.get_raft_term(),
-                        raft_applied_index: s.get_raft_applied_index(),
-                        errors,
-                    })
-                }
-                Which::Err(e) => Err(ClientError::Server(api::read_error(e?)?)),
+            let s = ok_reply!(reply, status_result);
+            let mut errors = Vec::new();
+            for e in s.get_errors()?.iter() {
+                errors.push(
+                    e?.to_string()
+                        .map_err(|e| ClientError::Transport(e.to_string()))?,
+                );
             }
+            Ok(Status {
+                header: api::read_header(s.get_header()?),
+                version: s
+                    .get_version()?
+                    .to_string()
+                    .map_err(|e| ClientError::Transport(e.to_string()))?,
+                db_size: s.get_db_size(),
+                db_size_in_use: s.get_db_size_in_use(),
+                leader: s.get_leader(),
+                raft_index: s.get_raft_index(),
+                raft_term: s.get_raft_term(),
+                raft_applied_index: s.get_raft_applied_index(),
+                errors,
+            })
         })
         .await
     }
