@@ -106,7 +106,20 @@ impl VersionRecord {
         })
     }
 
-    /// The user-visible key-value of this record (a put) at `mod_revision`.
+    /// The user-visible key-value of this record (a put) at `mod_revision`; the value is
+    /// moved out, not copied.
+    pub fn into_key_value(self, key: &[u8], mod_revision: Revision) -> KeyValue {
+        KeyValue {
+            key: key.to_vec(),
+            create_revision: self.create_revision,
+            mod_revision,
+            version: self.version,
+            value: self.value,
+            lease: self.lease,
+        }
+    }
+
+    /// The user-visible key-value of this record (a put) at `mod_revision`, copied.
     pub fn to_key_value(&self, key: &[u8], mod_revision: Revision, with_value: bool) -> KeyValue {
         KeyValue {
             key: key.to_vec(),

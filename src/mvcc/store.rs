@@ -467,39 +467,49 @@ impl Change {
         self.reserve(1, size)?;
         self.bytes += size;
         let kind = rec.kind;
-        let kv = match kind {
-            EventKind::Put => rec.to_key_value(key, self.rev, true),
-            EventKind::Delete => KeyValue {
-                key: key.to_vec(),
-                mod_revision: self.rev,
-                ..KeyValue::default()
-            },
-        };
         view.txn
             .open_tree(KV_TREE, KV_ORDER)?
             .put(&kv_key(key, self.rev), &rec.encode())?;
         view.txn
             .open_tree(HISTORY_TREE, KeyOrder::Bytewise)?
             .put(&history_key(self.rev, rec.sub), &history_value(kind, key))?;
+        // The event owns the record's value: moved, not copied (a put's value is copied
+        // once from the request and once into the encoded record, nothing more).
+        let kv = match kind {
+            EventKind::Put => rec.into_key_value(key, self.rev),
+            EventKind::Delete => KeyValue {
+                key: key.to_vec(),
+                mod_revision: self.rev,
+                ..KeyValue::default()
+            },
+        };
         self.events.push(Event { kind, kv });
         Ok(())
     }
 
     fn put(&mut self, view: &mut WriteView<'_, '_>, p: &PutRequest) -> Result<PutResponse> {
-        let prev = latest(view, &p.key, self.rev)?
-            .map(|(mod_rev, rec)| to_key_value(&p.key, mod_rev, &rec, true))
+        let found = latest(view, &p.key, self.rev)?;
+        let header = found
+            .as_ref()
+            .map(|(_, rec)| RecordHeader::decode(rec))
             .transpose()?;
-        let (create_revision, version) = match &prev {
-            Some(kv) => (kv.create_revision, kv.version + 1),
+        let (create_revision, version) = match &header {
+            Some(h) => (h.create_revision, h.version + 1),
             None => (self.rev, 1),
         };
-        let value = match (&prev, p.ignore_value) {
-            (Some(kv), true) => kv.value.clone(),
+        let value = match (&found, p.ignore_value) {
+            (Some((_, rec)), true) => RecordHeader::value_of(rec).to_vec(),
             _ => p.value.clone(),
         };
-        let lease = match (&prev, p.ignore_lease) {
-            (Some(kv), true) => kv.lease,
+        let lease = match (&header, p.ignore_lease) {
+            (Some(h), true) => h.lease,
             _ => p.lease,
+        };
+        // The previous key-value is decoded (key and value copied) only when the response
+        // asks for it: most puts need just the record header.
+        let prev = match &found {
+            Some((mod_rev, rec)) if p.prev_kv => Some(to_key_value(&p.key, *mod_rev, rec, true)?),
+            _ => None,
         };
         let rec = VersionRecord {
             kind: EventKind::Put,
@@ -510,7 +520,7 @@ impl Change {
             value,
         };
         self.record(view, &p.key, rec)?;
-        let old = prev.as_ref().map_or(0, |kv| kv.lease);
+        let old = header.as_ref().map_or(0, |h| h.lease);
         if old != lease {
             self.lease_moves.push(LeaseMove {
                 old,
@@ -518,9 +528,7 @@ impl Change {
                 key: p.key.clone(),
             });
         }
-        Ok(PutResponse {
-            prev_kv: if p.prev_kv { prev } else { None },
-        })
+        Ok(PutResponse { prev_kv: prev })
     }
 
     fn delete_range(
