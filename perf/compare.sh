@@ -183,11 +183,11 @@ cell "txn-mixed 4 reads : 1 write, 256 clients / 16 conns" txn-mixed $D $KV --ke
 # watchers, puts from 16 clients) for event throughput.
 cell "watch-latency, 1,000 watchers / 100 streams" watch-latency --watchers 1000 --streams 100 --puts $((20 * CELL))
 cell "watch, 10 streams x 100 watchers, 1 key" watch --streams 10 --watchers-per-stream 100 --conns 10 --total $((50 * CELL)) --clients 16
-# Lease keep-alive: 10,000 leases, 4 connections x 4 loops. A corekv message carries the
-# round's ids; etcd's carries one (a round is that many pipelined messages). The second row
-# sends one id per message on both.
-cell "lease-keepalive, 10,000 leases, rounds of 1,000 ids" lease-keepalive --leases 10000 --conns 4 --inflight 4 --batch 1000 --duration "$CELL"
-cell "lease-keepalive, 10,000 leases, 1 id per round" lease-keepalive --leases 10000 --conns 4 --inflight 4 --batch 1 --duration "$CELL"
+# Lease keep-alive: 10,000 leases, 4 connections x 2 loops (1,250 leases per loop). A corekv
+# message carries the round's ids; etcd's carries one (a round is that many pipelined
+# messages). The second row sends one id per message on both.
+cell "lease-keepalive, 10,000 leases, rounds of 1,000 ids" lease-keepalive --leases 10000 --conns 4 --inflight 2 --batch 1000 --duration "$CELL"
+cell "lease-keepalive, 10,000 leases, 1 id per round" lease-keepalive --leases 10000 --conns 4 --inflight 2 --batch 1 --duration "$CELL"
 cell "check-perf l" check-perf --load l --duration "$CHECK"
 cell "check-perf xl" check-perf --load xl --duration "$CHECK"
 
