@@ -508,4 +508,39 @@ mod tests {
         assert!(err(&["--key-space-size", "3", "--txn-ops", "4"], ALL).contains("--txn-ops"));
         assert!(err(&["--help"], ALL).starts_with("usage: corekv-bench put"));
     }
+
+    #[test]
+    fn watch_flags_parse_and_bound_connections_by_streams() {
+        let flags: Vec<&str> = COMMON_FLAGS
+            .iter()
+            .chain(&["--streams", "--watchers-per-stream"])
+            .copied()
+            .collect();
+        let (s, _) = parse(
+            "watch",
+            &args(&["--streams", "8", "--watchers-per-stream=50", "--conns", "4"]),
+            &flags,
+            Settings::default(),
+        )
+        .unwrap();
+        assert_eq!((s.streams, s.watchers_per_stream, s.conns), (8, 50, 4));
+        // More connections than clients is fine here: connections carry streams.
+        assert_eq!(s.clients, 1);
+        let err = parse(
+            "watch",
+            &args(&["--streams", "2", "--conns", "3"]),
+            &flags,
+            Settings::default(),
+        )
+        .unwrap_err();
+        assert!(err.contains("must not exceed --streams"), "{err}");
+        let err = parse(
+            "watch",
+            &args(&["--watchers-per-stream", "0"]),
+            &flags,
+            Settings::default(),
+        )
+        .unwrap_err();
+        assert!(err.contains("--watchers-per-stream"), "{err}");
+    }
 }
