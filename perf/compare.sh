@@ -2,12 +2,17 @@
 # corekv against etcd, side by side, with the same load generator (corekv-bench) in the same
 # run; writes perf/results/<date>.md and PNG plots next to it.
 #
-# Usage: perf/compare.sh [--cell-seconds N] [--check-perf-seconds N] [--restart-keys N]
+# Usage: perf/compare.sh [--cell-seconds N] [--check-perf-seconds N] [--keys N] [--out-dir D]
+#                        [--quick]
 #   --cell-seconds        length of each matrix cell (default 10)
 #   --check-perf-seconds  length of each check-perf run (default 60, etcdctl's; shorter runs
 #                         are marked non-standard)
-#   --restart-keys        keys loaded before the RSS / data size / restart measurement
-#                         (default 1000000)
+#   --keys                keys loaded before the RSS / data size / restart measurement
+#                         (default 1000000; --restart-keys is the older name)
+#   --out-dir             where <date>.md and the plots go (default perf/results)
+#   --quick               a few minutes end to end, to check that everything works:
+#                         --cell-seconds 2 --check-perf-seconds 5 --keys 20000, results under
+#                         /tmp/corekv-compare-quick (not perf/results: not a measurement)
 #
 # What it does: installs Debian's etcd-server, etcd-client, protobuf-compiler (etcd-client's
 # build needs protoc) and gnuplot-nox if missing (needs root, as CI runs); builds release
@@ -23,11 +28,15 @@ cd "$(dirname "$0")/.."
 CELL=10
 CHECK=60
 RESTART_KEYS=1000000
+OUT=perf/results
+INVOCATION="perf/compare.sh $*"
 while [ $# -gt 0 ]; do
   case "$1" in
     --cell-seconds) CELL=$2; shift 2 ;;
     --check-perf-seconds) CHECK=$2; shift 2 ;;
-    --restart-keys) RESTART_KEYS=$2; shift 2 ;;
+    --keys|--restart-keys) RESTART_KEYS=$2; shift 2 ;;
+    --out-dir) OUT=$2; shift 2 ;;
+    --quick) CELL=2; CHECK=5; RESTART_KEYS=20000; OUT=/tmp/corekv-compare-quick; shift ;;
     *) echo "unknown argument $1 (see the header of $0)" >&2; exit 2 ;;
   esac
 done
@@ -59,7 +68,6 @@ if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 4096 ]; then
 fi
 
 DATE=$(date -u +%Y-%m-%d)
-OUT=perf/results
 mkdir -p "$OUT"
 RESULT="$OUT/$DATE.md"
 WORK=$(mktemp -d /tmp/corekv-compare.XXXXXX)
@@ -112,12 +120,19 @@ wait_ready() { # target: a put succeeds (bounded: 600 tries, 0.1 s apart)
   done
   echo "$1 did not become ready; logs:" >&2
   tail -20 "$WORK/$1.log" >&2
-  exit 1
+  return 1
+}
+# Memory of a process as JSON fields: VmRSS split into RssAnon (heap, stacks: the process's
+# own memory) and RssFile (file pages mapped and resident: both servers mmap their data
+# file, so this is mostly page cache the kernel can drop), plus the peak VmHWM. KiB.
+mem_json() { # pid prefix
+  awk -v p="$2" '/^(VmRSS|RssAnon|RssFile|RssShmem|VmHWM):/ { gsub(":", "", $1); f[$1] = $2 }
+    END { printf "\"%srss_kib\":%d,\"%sanon_kib\":%d,\"%sfile_kib\":%d,\"%sshmem_kib\":%d,\"%shwm_kib\":%d",
+      p, f["VmRSS"], p, f["RssAnon"], p, f["RssFile"], p, f["RssShmem"], p, f["VmHWM"] }' "/proc/$1/status"
 }
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
-hwm_kib() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
 sample_rss() { # label
-  echo "{\"label\":\"$1\",\"corekv_rss_kib\":$(rss_kib "$CK_PID"),\"etcd_rss_kib\":$(rss_kib "$ET_PID"),\"corekv_hwm_kib\":$(hwm_kib "$CK_PID"),\"etcd_hwm_kib\":$(hwm_kib "$ET_PID")}" >> "$RSSLOG"
+  echo "{\"label\":\"$1\",$(mem_json "$CK_PID" corekv_),$(mem_json "$ET_PID" etcd_)}" >> "$RSSLOG"
 }
 
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -129,8 +144,8 @@ rm -rf "$WORK/walbench"
 echo "== starting corekv and etcd on fresh data dirs" >&2
 start_corekv "$WORK/corekv-data"
 start_etcd "$WORK/etcd-data"
-wait_ready corekv
-wait_ready etcd
+wait_ready corekv || exit 1
+wait_ready etcd || exit 1
 
 COMMANDS="$WORK/commands.txt"
 : > "$COMMANDS"
@@ -163,41 +178,70 @@ cell "range 1 key linearizable, 256 clients / 16 conns" range $D $KV --key-space
 cell "range 1000 keys linearizable, 16 clients / 4 conns" range $D $KV --key-space-size 10000 --limit 1000 --consistency l --clients 16 --conns 4
 cell "txn-put 16 ops, 256 clients / 16 conns" txn-put $D $KV --key-space-size 100000 --txn-ops 16 --clients 256 --conns 16
 cell "txn-mixed 4 reads : 1 write, 256 clients / 16 conns" txn-mixed $D $KV --key-space-size 10000 --rw-ratio 4 --clients 256 --conns 16
+# Watch: put -> event latency with 1,000 watchers on one key over 100 streams (one
+# connection each), puts one at a time; then etcd benchmark's watch shape (10 streams x 100
+# watchers, puts from 16 clients) for event throughput.
+cell "watch-latency, 1,000 watchers / 100 streams" watch-latency --watchers 1000 --streams 100 --puts $((20 * CELL))
+cell "watch, 10 streams x 100 watchers, 1 key" watch --streams 10 --watchers-per-stream 100 --conns 10 --total $((50 * CELL)) --clients 16
+# Lease keep-alive: 10,000 leases, 4 connections x 2 loops (1,250 leases per loop). A corekv
+# message carries the round's ids; etcd's carries one (a round is that many pipelined
+# messages). The second row sends one id per message on both.
+cell "lease-keepalive, 10,000 leases, rounds of 1,000 ids" lease-keepalive --leases 10000 --conns 4 --inflight 2 --batch 1000 --duration "$CELL"
+cell "lease-keepalive, 10,000 leases, 1 id per round" lease-keepalive --leases 10000 --conns 4 --inflight 2 --batch 1 --duration "$CELL"
 cell "check-perf l" check-perf --load l --duration "$CHECK"
 cell "check-perf xl" check-perf --load xl --duration "$CHECK"
 
 echo "== $RESTART_KEYS keys: RSS, data size, restart to first read" >&2
 kill "$CK_PID" "$ET_PID"; wait "$CK_PID" "$ET_PID" 2>/dev/null || true
+CK_PID=""; ET_PID=""
 RESTART="$WORK/restart.jsonl"
 : > "$RESTART"
-for t in etcd corekv; do
-  dir="$WORK/$t-big"
-  if [ "$t" = corekv ]; then start_corekv "$dir"; pid() { echo "$CK_PID"; }; else start_etcd "$dir"; pid() { echo "$ET_PID"; }; fi
-  wait_ready "$t"
-  echo "corekv-bench put --sequential-keys --key-size 8 --val-size 256 --key-space-size $RESTART_KEYS --total $RESTART_KEYS --clients 1000 --conns 100 --target <t> --endpoints <addr> --json" >> "$COMMANDS"
+echo "corekv-bench put --sequential-keys --key-size 8 --val-size 256 --key-space-size $RESTART_KEYS --total $RESTART_KEYS --clients 1000 --conns 100 --target <t> --endpoints <addr> --json" >> "$COMMANDS"
+echo "corekv-bench first-read --target <t> --endpoints <addr> --key-size 8 --json   (right after SIGKILL and start)" >> "$COMMANDS"
+pid_of() { [ "$1" = corekv ] && echo "$CK_PID" || echo "$ET_PID"; }
+start_target() { if [ "$1" = corekv ]; then start_corekv "$2"; else start_etcd "$2"; fi; }
+# One target's step; a failure is recorded and the other target still runs.
+restart_step() { # target
+  local t=$1 dir="$WORK/$1-big" load mem size t0 t1 first mem_after
+  start_target "$t" "$dir"
+  wait_ready "$t" || return 1
   load=$("$BENCH" put --target "$t" --endpoints "$(endpoint "$t")" --sequential-keys --key-size 8 --val-size 256 \
-    --key-space-size "$RESTART_KEYS" --total "$RESTART_KEYS" --clients 1000 --conns 100 --json --no-progress)
-  rss=$(rss_kib "$(pid)")
+    --key-space-size "$RESTART_KEYS" --total "$RESTART_KEYS" --clients 1000 --conns 100 --json --no-progress) \
+    || { echo "load of $RESTART_KEYS keys into $t failed" >&2; return 1; }
+  mem=$(mem_json "$(pid_of "$t")" "")
   size=$(du -sb "$dir" | cut -f1)
-  kill -9 "$(pid)"; wait "$(pid)" 2>/dev/null || true
+  kill -9 "$(pid_of "$t")"; wait "$(pid_of "$t")" 2>/dev/null || true
   t0=$(date +%s%N)
-  if [ "$t" = corekv ]; then start_corekv "$dir"; else start_etcd "$dir"; fi
-  "$BENCH" first-read --target "$t" --endpoints "$(endpoint "$t")" --key-size 8 --json > "$WORK/first.json"
+  start_target "$t" "$dir"
+  first=$("$BENCH" first-read --target "$t" --endpoints "$(endpoint "$t")" --key-size 8 --json) \
+    || { echo "$t: no successful read after the restart" >&2; return 1; }
   t1=$(date +%s%N)
-  rss_after=$(rss_kib "$(pid)")
-  echo "{\"target\":\"$t\",\"keys\":$RESTART_KEYS,\"load\":$load,\"rss_kib\":$rss,\"data_bytes\":$size,\"restart_seconds\":$(python3 -c "print(($t1-$t0)/1e9)"),\"rss_after_restart_kib\":$rss_after}" >> "$RESTART"
-  kill "$(pid)"; wait "$(pid)" 2>/dev/null || true
+  mem_after=$(mem_json "$(pid_of "$t")" "")
+  echo "{\"target\":\"$t\",\"keys\":$RESTART_KEYS,\"load\":$load,$mem,\"data_bytes\":$size,\"restart_seconds\":$(python3 -c "print(($t1-$t0)/1e9)"),\"first_read\":$first,\"after_restart\":{$mem_after}}" >> "$RESTART"
+}
+for t in etcd corekv; do
+  if ! restart_step "$t"; then
+    echo "{\"target\":\"$t\",\"keys\":$RESTART_KEYS,\"error\":\"see $t.log in the kept work dir\"}" >> "$RESTART"
+    RESTART_FAILED=1
+  fi
+  p=$(pid_of "$t")
+  if [ -n "$p" ]; then kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; fi
+  if [ "$t" = corekv ]; then CK_PID=""; else ET_PID=""; fi
+  rm -rf "$WORK/$t-big"
 done
-CK_PID=""; ET_PID=""
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 
 echo "== writing $RESULT" >&2
 python3 perf/compare_report.py \
   --results "$JSONL" --rss "$RSSLOG" --restart "$RESTART" --wal "$WORK/wal.txt" --rtt "$WORK/rtt.json" \
   --commands "$COMMANDS" --out "$RESULT" --plots "$OUT/$DATE" \
-  --cell-seconds "$CELL" --check-perf-seconds "$CHECK" \
+  --cell-seconds "$CELL" --check-perf-seconds "$CHECK" --invocation "$INVOCATION" \
   --load-start "$LOAD_START" --load-end "$LOAD_END" \
   --corekv-version "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . || echo '-dirty')" \
   --etcd-version "$(etcd --version | head -1)" \
   --machine "$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr)"
 echo "wrote $RESULT" >&2
+if [ -n "${RESTART_FAILED:-}" ]; then
+  echo "the $RESTART_KEYS-key restart step failed for at least one server (see $RESULT)" >&2
+  exit 1
+fi

@@ -15,7 +15,7 @@ import sys
 p = argparse.ArgumentParser()
 for flag in ["results", "rss", "restart", "wal", "rtt", "commands", "out", "plots",
              "cell-seconds", "check-perf-seconds", "load-start", "load-end",
-             "corekv-version", "etcd-version", "machine"]:
+             "corekv-version", "etcd-version", "machine", "invocation"]:
     p.add_argument("--" + flag, required=True)
 a = p.parse_args()
 
@@ -58,10 +58,10 @@ out = []
 w = out.append
 w(f"# corekv vs etcd, {a.out.split('/')[-1][:-3]}")
 w("")
-w("Produced by `perf/compare.sh --cell-seconds {} --check-perf-seconds {}` (exact commands "
+w("Produced by `{}` ({} s cells, {} s check-perf runs; exact commands "
   "below). Same load generator (`corekv-bench`, tokio current-thread runtime per load "
   "thread, clients spread over connections) against both servers in the same run, cells "
-  "alternating etcd then corekv.".format(a.cell_seconds, a.check_perf_seconds))
+  "alternating etcd then corekv.".format(a.invocation.strip(), a.cell_seconds, a.check_perf_seconds))
 w("")
 w(f"- Machine: {a.machine}; ext4 on virtio. **Shared**: other jobs (parallel builds and tests "
   f"of other work) ran on the same 2 cores; load average at start {a.load_start}, at end "
@@ -82,8 +82,18 @@ w("Throughput in successful requests/s; latencies in µs; \"x etcd\" is corekv's
 w("")
 w("| workload | target | req/s | p50 | p90 | p99 | p99.9 | max | errors | x etcd req/s | x etcd p99 |")
 w("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+STREAM_WORKLOADS = ("watch", "watch-latency", "lease-keepalive")
+
+
+def is_stream_cell(name):
+    """Watch and lease cells have their own tables (their series are phases, not requests)."""
+    return name.split(",")[0].split()[0] in STREAM_WORKLOADS
+
+
 summary = {}
 for name in order:
+    if is_stream_cell(name):
+        continue
     for t in ["etcd", "corekv"]:
         r = cells[name].get(t)
         ss = series(r)
@@ -102,9 +112,85 @@ for name in order:
                 rx, px = ratio(s["throughput"], et), ratio(lat["p99"], ep)
             w(f"| {label} | {t} | {fmt(s['throughput'])} | {fmt(lat['p50'])} | {fmt(lat['p90'])} | "
               f"{fmt(lat['p99'])} | {fmt(lat['p999'])} | {fmt(lat['max'])} | {errs} | {rx} | {px} |")
-w("| watch-latency, 1,000 watchers | both | not yet (watch subcommands land with the watch work) | | | | | | | | |")
-w("| lease-keepalive | both | not yet (lease subcommands land with the lease work) | | | | | | | | |")
 w("")
+
+
+def metric(r, k):
+    return (r.get("metrics") or {}).get(k, 0)
+
+
+def named(r, n):
+    for x in r["series"]:
+        if x["name"] == n:
+            return x
+    return None
+
+
+watch_cells = [n for n in order if n.split(",")[0].split()[0] in ("watch", "watch-latency")]
+if watch_cells:
+    w("## Watch")
+    w("")
+    w("Watchers are created first (creation: from sending a create to the server's "
+      "acknowledgement: corekv's reply to the create call, etcd's `created` response on the "
+      "stream), then puts on watched keys; an event's latency runs from just before its put "
+      "was sent to its arrival at the client. `watch-latency` puts one at a time and waits "
+      "for all events of a put before the next; `watch` puts from 16 clients. Events/s: events "
+      "received over the time from the first put to the last event. \"x etcd\": events/s "
+      "ratio and event p99 ratio.")
+    w("")
+    w("| workload | target | watchers | created/s | create p99 | events/s | event p50 | p90 | p99 | max | errors | x etcd events/s | x etcd p99 |")
+    w("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for name in watch_cells:
+        prev = None
+        for t in ["etcd", "corekv"]:
+            r = cells[name].get(t)
+            if series(r) is None:
+                err = (r or {}).get("error", "missing")
+                w(f"| {name} | {t} | failed: {err.splitlines()[0] if err else ''} | | | | | | | | | | |")
+                continue
+            ev, cr = named(r, "event"), named(r, "create")
+            errs = sum(sum(x["errors"].values()) for x in r["series"])
+            eps, p99 = metric(r, "events_per_sec"), ev["latency_us"]["p99"]
+            rx = px = ""
+            if t == "corekv" and prev:
+                rx, px = ratio(eps, prev[0]), ratio(p99, prev[1])
+            if t == "etcd":
+                prev = (eps, p99)
+            w(f"| {name} | {t} | {fmt(metric(r, 'watchers'))} | {fmt(metric(r, 'watchers_created_per_sec'))} | "
+              f"{fmt(cr['latency_us']['p99'])} | {fmt(eps)} | {fmt(ev['latency_us']['p50'])} | "
+              f"{fmt(ev['latency_us']['p90'])} | {fmt(p99)} | {fmt(ev['latency_us']['max'])} | {errs} | {rx} | {px} |")
+    w("")
+
+lease_cells = [n for n in order if n.startswith("lease-keepalive")]
+if lease_cells:
+    w("## Lease keep-alive")
+    w("")
+    w("Each loop sends keep-alive rounds for its share of the leases. **What one message "
+      "carries differs**: a corekv keep-alive message carries all ids of a round; etcd's "
+      "`LeaseKeepAlive` request carries one id, so an etcd round is that many messages, sent "
+      "back to back on the leases' keep-alive streams (etcd-client opens one per lease) and "
+      "awaited together. The 1-id rows compare one id per message on both. Keep-alives/s: "
+      "leases refreshed per second; round latency: from sending a round to its last answer.")
+    w("")
+    w("| workload | target | ids per message | ids per round | keep-alives/s | round p50 | p99 | max | lost | errors | x etcd keep-alives/s |")
+    w("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for name in lease_cells:
+        prev = None
+        for t in ["etcd", "corekv"]:
+            r = cells[name].get(t)
+            if series(r) is None:
+                err = (r or {}).get("error", "missing")
+                w(f"| {name} | {t} | failed: {err.splitlines()[0] if err else ''} | | | | | | | | |")
+                continue
+            s0 = r["series"][0]
+            kps = metric(r, "keepalives_per_sec")
+            rx = ratio(kps, prev) if (t == "corekv" and prev) else ""
+            if t == "etcd":
+                prev = kps
+            w(f"| {name} | {t} | {fmt(metric(r, 'ids_per_message'))} | {fmt(metric(r, 'ids_per_round'))} | "
+              f"{fmt(kps)} | {fmt(s0['latency_us']['p50'])} | {fmt(s0['latency_us']['p99'])} | "
+              f"{fmt(s0['latency_us']['max'])} | {fmt(metric(r, 'lost'))} | {sum(s0['errors'].values())} | {rx} |")
+    w("")
 w("Load generator CPU seconds per cell (client-side cost; both targets share the machine "
   "with it):")
 w("")
@@ -134,28 +220,47 @@ for name in order:
         w(f"- {name}, {t}: **{verdict}** ({checks}) {notes}")
 w("")
 
-w(f"## {int(restart.get('corekv', restart.get('etcd', {'keys': 0}))['keys']):,} keys: memory, data size, restart")
+keys = int(next(iter(restart.values()), {"keys": 0})["keys"])
+w(f"## {keys:,} keys: memory, data size, restart")
 w("")
 w("Keys of 8 bytes with 256-byte values, loaded by `put --sequential-keys` at 1,000 clients "
-  "into a fresh server; RSS right after the load; data dir size (`du -sb`); then SIGKILL, "
+  "into a fresh server; memory right after the load; data dir size (`du -sb`); then SIGKILL, "
   "start, and time until the first linearizable read of a loaded key succeeds (includes "
-  "process start).")
+  "process start). Memory is VmRSS split into RssAnon (the process's own heap and stacks) "
+  "and RssFile (resident pages of mapped files: both servers mmap their data file, so this "
+  "is page cache that the kernel can reclaim under pressure).")
 w("")
-w("| target | load req/s | RSS MiB | data dir MiB | restart to first read s | RSS after restart MiB |")
-w("| --- | ---: | ---: | ---: | ---: | ---: |")
+w("| target | load req/s | RSS MiB | anon MiB | file MiB | peak (VmHWM) MiB | data dir MiB | restart to first read s | RSS after restart MiB (anon / file) |")
+w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+MiB = lambda kib: f"{kib / 1024:,.0f}"
 for t in ["etcd", "corekv"]:
     d = restart.get(t)
-    if not d:
-        w(f"| {t} | failed | | | | |")
+    if not d or "error" in d:
+        w(f"| {t} | failed: {(d or {}).get('error', 'missing')} | | | | | | | |")
         continue
     thr = d["load"]["series"][0]["throughput"]
-    w(f"| {t} | {fmt(thr)} | {d['rss_kib'] / 1024:,.0f} | {d['data_bytes'] / 2**20:,.0f} | "
-      f"{d['restart_seconds']:.3f} | {d['rss_after_restart_kib'] / 1024:,.0f} |")
+    ar = d["after_restart"]
+    w(f"| {t} | {fmt(thr)} | {MiB(d['rss_kib'])} | {MiB(d['anon_kib'])} | {MiB(d['file_kib'])} | "
+      f"{MiB(d['hwm_kib'])} | {d['data_bytes'] / 2**20:,.0f} | {d['restart_seconds']:.3f} | "
+      f"{MiB(ar['rss_kib'])} ({MiB(ar['anon_kib'])} / {MiB(ar['file_kib'])}) |")
 w("")
-w("Peak RSS (VmHWM) over the matrix: " + ", ".join(
-    f"{t} {max(x[t + '_hwm_kib'] for x in rss) / 1024:,.0f} MiB" for t in ["etcd", "corekv"]) + "."
-  if rss else "")
-w("")
+if rss:
+    w("Memory over the matrix (sampled after every cell): peak VmHWM " + ", ".join(
+        f"{t} {max(x[t + '_hwm_kib'] for x in rss) / 1024:,.0f} MiB" for t in ["etcd", "corekv"]) +
+      "; largest sample split as RssAnon / RssFile: " + ", ".join(
+        "{} {} / {} MiB".format(t, *(lambda x: (MiB(x[t + '_anon_kib']), MiB(x[t + '_file_kib'])))(
+            max(rss, key=lambda x: x[t + '_rss_kib']))) for t in ["etcd", "corekv"]) + ".")
+    w("")
+    w("<details><summary>Memory after each cell (MiB: RSS = anon + file + shmem)</summary>")
+    w("")
+    w("| after | etcd RSS | etcd anon | etcd file | corekv RSS | corekv anon | corekv file |")
+    w("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for x in rss:
+        w(f"| {x['label']} | {MiB(x['etcd_rss_kib'])} | {MiB(x['etcd_anon_kib'])} | {MiB(x['etcd_file_kib'])} | "
+          f"{MiB(x['corekv_rss_kib'])} | {MiB(x['corekv_anon_kib'])} | {MiB(x['corekv_file_kib'])} |")
+    w("")
+    w("</details>")
+    w("")
 
 # Targets of the issue, computed from the numbers above.
 w("## Against the targets (ratios to etcd in this run)")
@@ -190,8 +295,9 @@ for name in order:
         passes.append(f"{name.split()[-1]}: {'PASS' if cells[name]['etcd']['passed'] else 'FAIL'}")
 w(f"| check-perf: where etcd stops passing | {', '.join(passes) or 'n/a'} | (recorded) |")
 c, e = restart.get("corekv"), restart.get("etcd")
-if c and e:
-    w(f"| restart: RSS ≤ 1/4 of etcd's | {ratio(c['rss_kib'], e['rss_kib'])} | "
+if c and e and "error" not in c and "error" not in e:
+    w(f"| {keys:,} keys: RSS ≤ 1/4 of etcd's | {ratio(c['rss_kib'], e['rss_kib'])} "
+      f"(RssAnon alone: {ratio(c['anon_kib'], e['anon_kib'])}) | "
       f"{'yes' if c['rss_kib'] * 4 <= e['rss_kib'] else 'no'} |")
     ok = c["restart_seconds"] <= 1 and c["restart_seconds"] * 10 <= e["restart_seconds"]
     w(f"| restart to first read ≤ 1 s and ≤ 1/10 of etcd's | {c['restart_seconds']:.3f} s vs "
@@ -254,7 +360,7 @@ if plots:
 w("## Exact commands")
 w("")
 w("```")
-w(f"perf/compare.sh --cell-seconds {a.cell_seconds} --check-perf-seconds {a.check_perf_seconds}")
+w(a.invocation.strip())
 for line in open(a.commands):
     w(line.rstrip())
 w("```")

@@ -170,8 +170,16 @@ fn describe(flag: &str) -> &'static str {
         "--limit" => "N   keys per range request (default 1)",
         "--txn-ops" => "N   puts per transaction (default 1)",
         "--rw-ratio" => "R   reads per write (default 1)",
-        "--streams" => "N   watch streams",
-        "--watchers-per-stream" => "N   watchers per stream",
+        "--streams" => "N   watch streams, spread over the connections (default 10)",
+        "--watchers-per-stream" => "N   watchers per stream (default 10)",
+        "--watchers" => "N,N,..   watchers per run, spread over the streams (default 1,1000)",
+        "--puts" => "N   puts, one at a time, each waiting for all its events (default 200)",
+        "--idle" => "N   idle watchers for the memory measurement (needs --server-pid)",
+        "--server-pid" => "PID   the server process, for memory per idle watcher",
+        "--leases" => "N   leases granted and kept alive (default 10000)",
+        "--inflight" => "N   keep-alive loops per connection (default 4)",
+        "--batch" => "N   lease ids per keep-alive round (default 1000)",
+        "--ttl" => "SECS   TTL of the granted leases (default 600)",
         "--no-preload" => "   do not write the key space before reading",
         "--load" => "s|m|l|xl   etcdctl check perf workload (default s)",
         _ => "",
@@ -313,13 +321,38 @@ pub fn parse(
             _ => own.push((flag.to_string(), v.to_string())),
         }
     }
-    check(&s)?;
+    let conns_per = if flags.contains(&"--streams") {
+        ConnsPer::Stream
+    } else if flags.contains(&"--clients") {
+        ConnsPer::Client
+    } else {
+        ConnsPer::Nothing
+    };
+    check(&s, conns_per)?;
     Ok((s, own))
 }
 
+/// What the connections of a subcommand carry, which bounds how many make sense.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ConnsPer {
+    /// Request loops (`--clients`): the kv subcommands.
+    Client,
+    /// Watch streams (`--streams`): the watch subcommands.
+    Stream,
+    /// Neither (lease-keepalive: loops per connection).
+    Nothing,
+}
+
 /// Cross-flag checks that hold for every subcommand.
-fn check(s: &Settings) -> Result<(), String> {
-    if s.conns > s.clients {
+fn check(s: &Settings, conns_per: ConnsPer) -> Result<(), String> {
+    if conns_per == ConnsPer::Stream {
+        if s.conns > s.streams {
+            return Err(format!(
+                "--conns ({}) must not exceed --streams ({}): a connection without a stream watches nothing",
+                s.conns, s.streams
+            ));
+        }
+    } else if conns_per == ConnsPer::Client && s.conns > s.clients {
         return Err(format!(
             "--conns ({}) must not exceed --clients ({}): a connection without a client sends nothing",
             s.conns, s.clients
@@ -474,5 +507,40 @@ mod tests {
         assert!(err(&["--key-space-size", "10", "--limit", "11"], ALL).contains("larger than"));
         assert!(err(&["--key-space-size", "3", "--txn-ops", "4"], ALL).contains("--txn-ops"));
         assert!(err(&["--help"], ALL).starts_with("usage: corekv-bench put"));
+    }
+
+    #[test]
+    fn watch_flags_parse_and_bound_connections_by_streams() {
+        let flags: Vec<&str> = COMMON_FLAGS
+            .iter()
+            .chain(&["--streams", "--watchers-per-stream"])
+            .copied()
+            .collect();
+        let (s, _) = parse(
+            "watch",
+            &args(&["--streams", "8", "--watchers-per-stream=50", "--conns", "4"]),
+            &flags,
+            Settings::default(),
+        )
+        .unwrap();
+        assert_eq!((s.streams, s.watchers_per_stream, s.conns), (8, 50, 4));
+        // More connections than clients is fine here: connections carry streams.
+        assert_eq!(s.clients, 1);
+        let err = parse(
+            "watch",
+            &args(&["--streams", "2", "--conns", "3"]),
+            &flags,
+            Settings::default(),
+        )
+        .unwrap_err();
+        assert!(err.contains("must not exceed --streams"), "{err}");
+        let err = parse(
+            "watch",
+            &args(&["--watchers-per-stream", "0"]),
+            &flags,
+            Settings::default(),
+        )
+        .unwrap_err();
+        assert!(err.contains("--watchers-per-stream"), "{err}");
     }
 }

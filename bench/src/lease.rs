@@ -1,264 +1,306 @@
-//! `corekv-bench lease-keepalive`: keep-alive throughput against a running corekv server.
+//! `corekv-bench lease-keepalive`: keep-alive throughput, for both targets.
 //!
-//! Grants `--leases` leases, then `--conns` connections (each on the server shard the kernel
-//! picks) run `--inflight` loops each; a loop sends one keep-alive message of `--batch` ids at
-//! a time, cycling through its share of the leases, until `--seconds` pass. Reports ids
-//! refreshed per second and the latency of each message (p50/p99). Every answer is checked:
-//! an id answered 0 (lease lost) counts as an error. The leases are revoked at the end.
+//! Grants `--leases` leases (untimed), then `--conns` connections run `--inflight` loops
+//! each, on one load thread (a tokio current-thread runtime with a `LocalSet`, for both
+//! targets). A loop owns an equal share of the leases and sends keep-alive rounds of
+//! `--batch` ids, cycling through its share, until `--duration` passes. Every answer is
+//! checked: an id answered "not found" counts as lost. The leases are revoked at the end.
+//!
+//! What a round is differs by protocol, and the report says so (`ids_per_message`): corekv
+//! sends a round as one message of `--batch` ids; etcd's `LeaseKeepAlive` request carries one
+//! id, so a round is `--batch` messages sent back to back on the leases' keep-alive streams
+//! (`etcd-client` opens one per lease) and awaited together. With `--batch 1` both send one
+//! id per message.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use corekv::client::{Client, ClientOptions, Glommio};
-use hdrhistogram::Histogram;
+use crate::args::{self, Settings};
+use crate::report::{process_cpu, Report, Series};
+use crate::streams;
 
-/// Benchmark settings.
-#[derive(Clone, Debug)]
-pub struct Settings {
-    endpoints: Vec<String>,
+/// Grants (and revokes) in flight while setting up and cleaning up.
+const GRANT_CONCURRENCY: usize = 64;
+/// Most leases one run grants.
+pub const MAX_LEASES: u64 = 10_000_000;
+/// Most keep-alive loops per connection.
+pub const MAX_INFLIGHT: u64 = 10_000;
+/// Default length of the keep-alive phase.
+const DEFAULT_DURATION: Duration = Duration::from_secs(10);
+
+/// `lease-keepalive`'s own flags.
+#[derive(Clone, Debug, PartialEq)]
+struct LeaseFlags {
     leases: usize,
-    conns: usize,
     inflight: usize,
     batch: usize,
-    seconds: u64,
     ttl: i64,
-    json: bool,
 }
 
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            endpoints: vec!["127.0.0.1:2379".into()],
-            leases: 10_000,
-            conns: 4,
-            inflight: 4,
-            batch: 1000,
-            seconds: 10,
-            ttl: 600,
-            json: false,
-        }
-    }
-}
-
-/// Grants run concurrently while setting up.
-const GRANT_CONCURRENCY: usize = 64;
-
-fn usage() -> String {
-    "usage: corekv-bench lease-keepalive [--endpoints host:port,..] [--leases 10000] [--conns 4] \
-     [--inflight 4] [--batch 1000] [--seconds 10] [--ttl 600] [--json]"
-        .to_string()
-}
-
-fn parse(args: &[String]) -> Result<Settings, String> {
-    let mut s = Settings::default();
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        if flag == "--json" {
-            s.json = true;
-            continue;
-        }
-        if flag == "-h" || flag == "--help" {
-            return Err(usage());
-        }
-        let v = it
-            .next()
-            .ok_or_else(|| format!("{flag} needs a value\n{}", usage()))?;
-        let num = |v: &str| -> Result<u64, String> {
-            v.parse::<u64>().map_err(|e| format!("{flag} {v:?}: {e}"))
+fn parse(argv: &[String]) -> Result<(Settings, LeaseFlags), String> {
+    let flags = [
+        "--endpoints",
+        "--target",
+        "--conns",
+        "--timeout",
+        "--duration",
+        "--json",
+        "--no-progress",
+        "--leases",
+        "--inflight",
+        "--batch",
+        "--ttl",
+    ];
+    // `--seconds N` is the older spelling of `--duration N`.
+    let argv: Vec<String> = argv
+        .iter()
+        .map(|a| match a.as_str() {
+            "--seconds" => "--duration".to_string(),
+            _ => match a.strip_prefix("--seconds=") {
+                Some(v) => format!("--duration={v}"),
+                None => a.clone(),
+            },
+        })
+        .collect();
+    let defaults = Settings {
+        conns: 4,
+        duration: Some(DEFAULT_DURATION),
+        ..Settings::default()
+    };
+    let (s, own) = args::parse("lease-keepalive", &argv, &flags, defaults)?;
+    let mut l = LeaseFlags {
+        leases: 10_000,
+        inflight: 4,
+        batch: 1000,
+        ttl: 600,
+    };
+    for (flag, v) in own {
+        let num = |max: u64| -> Result<u64, String> {
+            let n: u64 = v
+                .parse()
+                .map_err(|_| format!("{flag}: {v:?} is not a valid number"))?;
+            if n == 0 || n > max {
+                return Err(format!("{flag}: {n} is not in 1..={max}"));
+            }
+            Ok(n)
         };
         match flag.as_str() {
-            "--endpoints" => s.endpoints = v.split(',').map(str::to_string).collect(),
-            "--leases" => s.leases = num(v)? as usize,
-            "--conns" => s.conns = num(v)? as usize,
-            "--inflight" => s.inflight = num(v)? as usize,
-            "--batch" => s.batch = num(v)? as usize,
-            "--seconds" => s.seconds = num(v)?,
-            "--ttl" => s.ttl = num(v)? as i64,
-            other => return Err(format!("unknown flag {other:?}\n{}", usage())),
+            "--leases" => l.leases = num(MAX_LEASES)? as usize,
+            "--inflight" => l.inflight = num(MAX_INFLIGHT)? as usize,
+            "--batch" => l.batch = num(corekv::api::lease::MAX_KEEPALIVE_IDS as u64)? as usize,
+            // etcd's largest TTL is 9,000,000,000 s; a day is plenty for a benchmark.
+            "--ttl" => l.ttl = num(86_400)? as i64,
+            other => return Err(format!("lease-keepalive: unexpected flag {other}")),
         }
     }
-    if s.leases == 0 || s.conns == 0 || s.inflight == 0 || s.batch == 0 || s.seconds == 0 {
-        return Err(
-            "--leases, --conns, --inflight, --batch and --seconds must be at least 1".into(),
-        );
-    }
-    if s.batch > corekv::api::lease::MAX_KEEPALIVE_IDS {
+    let loops = s.conns * l.inflight;
+    if l.leases < loops {
         return Err(format!(
-            "--batch {} exceeds the server's MAX_KEEPALIVE_IDS ({})",
-            s.batch,
-            corekv::api::lease::MAX_KEEPALIVE_IDS
+            "--leases {} is fewer than the {loops} loops (--conns {} x --inflight {}): every loop needs a lease",
+            l.leases, s.conns, l.inflight
         ));
     }
-    Ok(s)
+    Ok((s, l))
 }
 
 /// Runs the benchmark and prints its report.
-pub fn run(args: &[String]) -> Result<(), String> {
-    let s = parse(args)?;
-    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .name("bench-lease")
-        .spawn(move || async move { bench(s).await })
-        .map_err(|e| format!("start bench thread: {e}"))?
-        .join()
-        .map_err(|e| format!("bench thread: {e}"))?
-}
-
-async fn connect(s: &Settings) -> Result<Rc<Client>, String> {
-    let options = ClientOptions {
-        request_timeout: Duration::from_secs(30),
-        ..ClientOptions::default()
-    };
-    Ok(Rc::new(
-        Client::connect(&s.endpoints, options, Glommio)
-            .await
-            .map_err(|e| e.to_string())?,
-    ))
-}
-
-async fn bench(s: Settings) -> Result<(), String> {
-    let setup = connect(&s).await?;
-    let ids = Rc::new(RefCell::new(Vec::with_capacity(s.leases)));
-    let next = Rc::new(Cell::new(0usize));
-    let granted_at = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..GRANT_CONCURRENCY.min(s.leases) {
-        let (c, ids, next, total, ttl) =
-            (setup.clone(), ids.clone(), next.clone(), s.leases, s.ttl);
-        tasks.push(glommio::spawn_local(async move {
-            while next.get() < total {
-                next.set(next.get() + 1);
-                let (id, _, _) = c.lease_grant(ttl, 0).await.map_err(|e| e.to_string())?;
-                ids.borrow_mut().push(id);
-            }
-            Ok::<(), String>(())
-        }));
-    }
-    for t in tasks {
-        t.await?;
-    }
-    let grant_secs = granted_at.elapsed().as_secs_f64();
-    let ids: Rc<Vec<i64>> = Rc::new(ids.borrow().clone());
-
-    let mut conns = Vec::new();
-    for _ in 0..s.conns {
-        conns.push(connect(&s).await?);
-    }
-    let refreshed = Rc::new(Cell::new(0u64));
-    let lost = Rc::new(Cell::new(0u64));
-    let forwarded = Rc::new(Cell::new(0u64));
-    let errors = Rc::new(Cell::new(0u64));
-    let hist = Rc::new(RefCell::new(Histogram::<u64>::new(3).expect("histogram")));
-    let loops = s.conns * s.inflight;
-    let share = ids.len().div_ceil(loops);
-    let start = Instant::now();
-    let end = start + Duration::from_secs(s.seconds);
-    let mut tasks = Vec::new();
-    for l in 0..loops {
-        let client = conns[l % s.conns].clone();
-        let (ids, refreshed, lost, forwarded, errors, hist, batch) = (
-            ids.clone(),
-            refreshed.clone(),
-            lost.clone(),
-            forwarded.clone(),
-            errors.clone(),
-            hist.clone(),
-            s.batch,
-        );
-        tasks.push(glommio::spawn_local(async move {
-            let mine = &ids[(l * share).min(ids.len())..((l + 1) * share).min(ids.len())];
-            if mine.is_empty() {
-                return;
-            }
-            let mut pos = 0;
-            while Instant::now() < end {
-                let n = batch.min(mine.len());
-                let msg: Vec<i64> = (0..n).map(|i| mine[(pos + i) % mine.len()]).collect();
-                pos = (pos + n) % mine.len();
-                let began = Instant::now();
-                match client.lease_keep_alive_report(&msg, batch).await {
-                    Ok(r) => {
-                        let us = began.elapsed().as_micros() as u64;
-                        let _ = hist.borrow_mut().record(us.max(1));
-                        let ok = r.ttls.iter().filter(|&&t| t > 0).count() as u64;
-                        refreshed.set(refreshed.get() + ok);
-                        lost.set(lost.get() + msg.len() as u64 - ok);
-                        forwarded.set(forwarded.get() + r.forwarded as u64);
-                    }
-                    Err(_) => errors.set(errors.get() + 1),
-                }
-            }
-        }));
-    }
-    for t in tasks {
-        t.await;
-    }
-    let elapsed = start.elapsed().as_secs_f64();
-    for &id in ids.iter() {
-        let _ = setup.lease_revoke(id).await;
-    }
-    let h = hist.borrow();
-    let rate = refreshed.get() as f64 / elapsed;
-    if s.json {
-        println!(
-            "{{\"workload\":\"lease-keepalive\",\"leases\":{},\"conns\":{},\"inflight\":{},\"batch\":{},\"seconds\":{elapsed:.3},\"keepalives_per_sec\":{rate:.0},\"refreshed\":{},\"lost\":{},\"forwarded\":{},\"errors\":{},\"message_latency_us\":{{\"p50\":{},\"p99\":{},\"max\":{}}},\"grant_seconds\":{grant_secs:.3}}}",
-            s.leases,
-            s.conns,
-            s.inflight,
-            s.batch,
-            refreshed.get(),
-            lost.get(),
-            forwarded.get(),
-            errors.get(),
-            h.value_at_quantile(0.5),
-            h.value_at_quantile(0.99),
-            h.max()
-        );
-    } else {
-        println!(
-            "lease-keepalive: {} leases, {} conns x {} in flight, {} ids/message\n\
-             {} keep-alives in {elapsed:.2}s = {rate:.0}/s ({} forwarded to another shard), {} lost, {} failed messages\n\
-             message latency us: p50 {} p99 {} max {}\n\
-             granting {} leases took {grant_secs:.2}s",
-            s.leases,
-            s.conns,
-            s.inflight,
-            s.batch,
-            refreshed.get(),
-            forwarded.get(),
-            lost.get(),
-            errors.get(),
-            h.value_at_quantile(0.5),
-            h.value_at_quantile(0.99),
-            h.max(),
-            s.leases
-        );
-    }
-    if lost.get() > 0 || errors.get() > 0 {
+pub fn run(argv: &[String]) -> Result<(), String> {
+    let (s, l) = parse(argv)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("start tokio runtime: {e}"))?;
+    let local = tokio::task::LocalSet::new();
+    let report = local.block_on(&rt, bench(&s, &l))?;
+    report.print(s.json);
+    let lost = report
+        .metrics
+        .iter()
+        .find(|m| m.0 == "lost")
+        .map_or(0.0, |m| m.1);
+    let failed = report.series[0].failed();
+    if lost > 0.0 || failed > 0 {
         return Err(format!(
-            "{} keep-alives answered 'not found' and {} messages failed",
-            lost.get(),
-            errors.get()
+            "{lost} keep-alives answered 'not found' and {failed} rounds failed"
         ));
     }
     Ok(())
+}
+
+/// Runs `f(i)` for `i` in `0..n`, at most [`GRANT_CONCURRENCY`] at a time, in order of start.
+async fn bounded_all<T, F, Fut>(n: usize, f: F) -> Vec<T>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    use futures::StreamExt;
+    futures::stream::iter((0..n).map(f))
+        .buffered(GRANT_CONCURRENCY)
+        .collect()
+        .await
+}
+
+async fn bench(s: &Settings, l: &LeaseFlags) -> Result<Report, String> {
+    let setup = streams::connect(s.target, &s.endpoints, s.timeout).await?;
+    let granted_at = Instant::now();
+    let ids: Vec<i64> = bounded_all(l.leases, |_| setup.lease_grant(l.ttl))
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("grant a lease: {}", e.0))?;
+    let grant_secs = granted_at.elapsed().as_secs_f64();
+
+    // Loop `k` (on connection `k % conns`) keeps leases `share * k ..` alive.
+    let mut conns = Vec::with_capacity(s.conns);
+    for c in 0..s.conns {
+        let n = s.endpoints.len();
+        let endpoints: Vec<String> = (0..n).map(|k| s.endpoints[(c + k) % n].clone()).collect();
+        conns.push(streams::connect(s.target, &endpoints, s.timeout).await?);
+    }
+    let loops = s.conns * l.inflight;
+    let share = ids.len() / loops;
+    let setup_at = Instant::now();
+    let mut alivers = Vec::with_capacity(loops);
+    for k in 0..loops {
+        let mine = ids[k * share..(k + 1) * share].to_vec();
+        let a = conns[k % s.conns]
+            .keep_aliver(mine)
+            .await
+            .map_err(|e| format!("set up keep-alives: {}", e.0))?;
+        alivers.push(a);
+    }
+    let setup_secs = setup_at.elapsed().as_secs_f64();
+    let per_message = alivers[0].ids_per_message(l.batch.min(share));
+    let round = l.batch.min(share);
+
+    let series = Rc::new(RefCell::new(Series::new("keepalive-round")));
+    let (refreshed, lost, forwarded) = (
+        Rc::new(Cell::new(0u64)),
+        Rc::new(Cell::new(0u64)),
+        Rc::new(Cell::new(0u64)),
+    );
+    let cpu_before = process_cpu();
+    let start = Instant::now();
+    let end = start + s.duration.unwrap_or(DEFAULT_DURATION);
+    let mut tasks = Vec::with_capacity(loops);
+    for mut a in alivers {
+        let (series, refreshed, lost, forwarded) = (
+            series.clone(),
+            refreshed.clone(),
+            lost.clone(),
+            forwarded.clone(),
+        );
+        tasks.push(tokio::task::spawn_local(async move {
+            let mut pos = 0;
+            while Instant::now() < end {
+                let began = Instant::now();
+                match a.round(pos, round).await {
+                    Ok(r) => {
+                        series.borrow_mut().record(began.elapsed());
+                        refreshed.set(refreshed.get() + r.refreshed);
+                        lost.set(lost.get() + r.lost);
+                        forwarded.set(forwarded.get() + r.forwarded);
+                    }
+                    Err(e) => series.borrow_mut().fail(&e.0),
+                }
+                pos = (pos + round) % a.len();
+            }
+            a
+        }));
+    }
+    let mut alivers = Vec::with_capacity(loops);
+    for t in tasks {
+        alivers.push(
+            t.await
+                .map_err(|e| format!("keep-alive loop failed: {e}"))?,
+        );
+    }
+    let elapsed = start.elapsed();
+    let client_cpu = process_cpu().saturating_sub(cpu_before);
+    drop(alivers);
+    let revoked = bounded_all(ids.len(), |i| setup.lease_revoke(ids[i])).await;
+    let revoke_errors = revoked.iter().filter(|r| r.is_err()).count();
+
+    let series = series.borrow().clone();
+    let rate = refreshed.get() as f64 / elapsed.as_secs_f64().max(1e-9);
+    let mut notes = vec![format!(
+        "granted {} leases in {grant_secs:.2}s; keep-alive set-up took {setup_secs:.2}s",
+        ids.len()
+    )];
+    notes.push(match s.target {
+        crate::target::Target::Corekv => format!(
+            "corekv: one keep-alive message carries the round's {round} ids"
+        ),
+        crate::target::Target::Etcd => format!(
+            "etcd: one LeaseKeepAlive message carries 1 id; a round is {round} messages on the leases' own streams, sent back to back"
+        ),
+    });
+    if revoke_errors > 0 {
+        notes.push(format!("{revoke_errors} revokes failed at clean-up"));
+    }
+    Ok(Report {
+        workload: "lease-keepalive".into(),
+        target: s.target.name().into(),
+        config: vec![
+            ("endpoints".into(), s.endpoints.join(",")),
+            ("leases".into(), ids.len().to_string()),
+            ("leases_kept_alive".into(), (share * loops).to_string()),
+            ("conns".into(), s.conns.to_string()),
+            ("inflight".into(), l.inflight.to_string()),
+            ("batch".into(), round.to_string()),
+            ("ttl".into(), l.ttl.to_string()),
+        ],
+        elapsed,
+        client_cpu,
+        series: vec![series],
+        checks: Vec::new(),
+        notes,
+        metrics: vec![
+            ("keepalives_per_sec".into(), rate),
+            ("ids_per_message".into(), per_message as f64),
+            ("ids_per_round".into(), round as f64),
+            ("refreshed".into(), refreshed.get() as f64),
+            ("lost".into(), lost.get() as f64),
+            ("forwarded".into(), forwarded.get() as f64),
+            ("grant_seconds".into(), grant_secs),
+        ],
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
     #[test]
     fn flags_parse_and_bad_flags_say_which() {
-        let s = parse(&["--leases".into(), "5".into(), "--json".into()]).unwrap();
-        assert_eq!(s.leases, 5);
+        let (s, l) = parse(&args(&["--leases", "50", "--json", "--seconds", "2"])).unwrap();
+        assert_eq!(l.leases, 50);
         assert!(s.json);
-        assert!(parse(&["--batch".into(), "0".into()]).is_err());
-        assert!(parse(&["--batch".into(), "100000".into()])
+        assert_eq!(
+            s.duration,
+            Some(Duration::from_secs(2)),
+            "--seconds is --duration"
+        );
+        let (_, l) = parse(&args(&["--batch=7", "--inflight", "2", "--conns", "3"])).unwrap();
+        assert_eq!((l.batch, l.inflight), (7, 2));
+        assert!(parse(&args(&["--batch", "0"]))
             .unwrap_err()
-            .contains("MAX_KEEPALIVE_IDS"));
-        assert!(parse(&["--nope".into(), "1".into()])
+            .contains("--batch"));
+        assert!(parse(&args(&["--batch", "100000"]))
+            .unwrap_err()
+            .contains("1..="));
+        assert!(parse(&args(&["--nope", "1"]))
             .unwrap_err()
             .contains("--nope"));
+        assert!(
+            parse(&args(&["--leases", "3", "--conns", "2", "--inflight", "2"]))
+                .unwrap_err()
+                .contains("every loop needs a lease")
+        );
     }
 }

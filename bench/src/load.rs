@@ -152,6 +152,7 @@ pub fn run(settings: &Settings, workload: Arc<dyn Workload>) -> Result<Report, S
         series,
         checks: Vec::new(),
         notes: Vec::new(),
+        metrics: Vec::new(),
     })
 }
 

@@ -13,6 +13,7 @@ mod lease;
 mod load;
 mod physical;
 mod report;
+mod streams;
 mod target;
 mod wal;
 mod watch;
@@ -22,7 +23,7 @@ use std::process::ExitCode;
 fn usage() -> &'static str {
     "usage: corekv-bench <subcommand> [flags]   (corekv-bench <subcommand> --help for flags)\n\
      load (--target corekv|etcd): put, range, txn-put, txn-mixed, check-perf, first-read\n\
-     watch and lease (corekv only for now): watch-latency, lease-keepalive\n\
+     watch and lease (--target corekv|etcd): watch, watch-latency, lease-keepalive\n\
      physical limits: loopback-rtt (and wal's raw row)\n\
      storage micro-benchmarks: backend, wal"
 }
@@ -41,7 +42,8 @@ fn main() -> ExitCode {
         "loopback-rtt" => physical::run(&rest),
         "backend" => backend::run(&rest),
         "wal" => wal::run(&rest),
-        "watch-latency" => watch::run(&rest),
+        "watch" => watch::run_watch(&rest),
+        "watch-latency" => watch::run_latency(&rest),
         "lease-keepalive" => lease::run(&rest),
         "-h" | "--help" | "help" => {
             println!("{}", usage());

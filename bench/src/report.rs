@@ -34,6 +34,9 @@ pub struct Series {
     pub errors: BTreeMap<String, u64>,
     /// Latencies of the successful requests, µs.
     pub latency_us: Histogram<u64>,
+    /// This series' own duration when it is one phase of a run (watch creation, say); `None`:
+    /// the report's. Throughput is counted over it.
+    pub elapsed: Option<Duration>,
 }
 
 impl Series {
@@ -43,6 +46,7 @@ impl Series {
             name: name.to_string(),
             errors: BTreeMap::new(),
             latency_us: new_histogram(),
+            elapsed: None,
         }
     }
 
@@ -189,6 +193,9 @@ pub struct Report {
     pub checks: Vec<Check>,
     /// Free-form lines (set-up and clean-up facts).
     pub notes: Vec<String>,
+    /// Named numbers a workload measures besides its latency series (events/s, keep-alives/s,
+    /// bytes per watcher), in the order they were added.
+    pub metrics: Vec<(String, f64)>,
 }
 
 impl Report {
@@ -213,7 +220,7 @@ impl Report {
             self.client_cpu.as_secs_f64(),
         );
         for series in &self.series {
-            let m = series.summary(self.elapsed);
+            let m = series.summary(series.elapsed.unwrap_or(self.elapsed));
             s.push_str(&format!(
                 "\n[{}] {} ok, {} failed, {:.1} req/s\n  latency: min {} mean {:.0} stddev {:.0} | p50 {} p90 {} p99 {} p99.9 {} max {} (µs)\n",
                 series.name,
@@ -249,6 +256,9 @@ impl Report {
         if !self.checks.is_empty() {
             s.push_str(if self.passed() { "PASS\n" } else { "FAIL\n" });
         }
+        for (name, v) in &self.metrics {
+            s.push_str(&format!("{name}: {v:.1}\n"));
+        }
         for n in &self.notes {
             s.push_str(&format!("note: {n}\n"));
         }
@@ -261,7 +271,7 @@ impl Report {
             .series
             .iter()
             .map(|series| {
-                let m = series.summary(self.elapsed);
+                let m = series.summary(series.elapsed.unwrap_or(self.elapsed));
                 json!({
                     "name": series.name,
                     "ok": m.ok,
@@ -284,6 +294,11 @@ impl Report {
             .iter()
             .map(|(k, v)| (k.clone(), Value::String(v.clone())))
             .collect();
+        let metrics: serde_json::Map<String, Value> = self
+            .metrics
+            .iter()
+            .map(|(k, v)| (k.clone(), json!(v)))
+            .collect();
         json!({
             "workload": self.workload,
             "target": self.target,
@@ -294,6 +309,7 @@ impl Report {
             "checks": self.checks.iter().map(|c| json!({"what": c.what, "pass": c.pass})).collect::<Vec<_>>(),
             "passed": self.passed(),
             "notes": self.notes,
+            "metrics": metrics,
         })
     }
 
@@ -404,12 +420,15 @@ mod tests {
                 pass: false,
             }],
             notes: vec!["hello".into()],
+            metrics: vec![("events_per_sec".into(), 12.5)],
         };
         let t = r.text();
         assert!(t.contains("4 ok, 1 failed, 4.0 req/s"), "{t}");
         assert!(t.contains("error timeout: 1"), "{t}");
         assert!(
-            t.contains("FAIL: throughput") && t.ends_with("note: hello\n"),
+            t.contains("FAIL: throughput")
+                && t.contains("events_per_sec: 12.5\n")
+                && t.ends_with("note: hello\n"),
             "{t}"
         );
         let j = r.json();
@@ -418,6 +437,7 @@ mod tests {
         assert_eq!(j["series"][0]["latency_us"]["max"], 400);
         assert_eq!(j["passed"], false);
         assert_eq!(j["config"]["clients"], "4");
+        assert_eq!(j["metrics"]["events_per_sec"], 12.5);
         let counted: u64 = j["series"][0]["histogram"]
             .as_array()
             .unwrap()

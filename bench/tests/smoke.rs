@@ -373,3 +373,143 @@ fn unreachable_servers_and_bad_flags_fail_with_clear_messages() {
     let out = bench(&["check-perf", "--load", "xxl"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("not s, m, l or xl"));
 }
+
+/// Finds a metric of a report.
+fn metric(report: &Value, name: &str) -> f64 {
+    report["metrics"][name]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no metric {name}: {report}"))
+}
+
+/// Runs `corekv-bench args... --endpoints <server> --json` for a subcommand that prints one
+/// JSON object per line; returns them all.
+fn run_json_lines(server: &Server, args: &[&str]) -> Vec<Value> {
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--endpoints", &server.endpoint, "--json"]);
+    let out = bench(&all);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "corekv-bench {all:?} failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+#[test]
+fn watch_creates_watchers_and_receives_every_event() {
+    let server = Server::start();
+    // 3 streams x 4 watchers, all on the one key of the default key space: each of the 60
+    // puts reaches all 12 watchers.
+    let r = run_json(
+        &server,
+        &[
+            "watch",
+            "--streams",
+            "3",
+            "--watchers-per-stream",
+            "4",
+            "--conns",
+            "2",
+            "--total",
+            "60",
+            "--clients",
+            "4",
+            "--no-progress",
+        ],
+    );
+    assert_eq!(r["workload"], "watch");
+    assert_clean(&r, &[("create", 12), ("put", 60), ("event", 720)]);
+    assert_eq!(metric(&r, "expected_events"), 720.0, "{r}");
+    assert_eq!(metric(&r, "received_events"), 720.0, "{r}");
+    assert!(metric(&r, "events_per_sec") > 0.0, "{r}");
+    assert_eq!(r["config"]["watchers_per_stream"], "4");
+
+    // Watchers on distinct keys (sequential): each put reaches exactly the one watcher of
+    // its key.
+    let r = run_json(
+        &server,
+        &[
+            "watch",
+            "--streams",
+            "2",
+            "--watchers-per-stream",
+            "5",
+            "--key-space-size",
+            "10",
+            "--sequential-keys",
+            "--total",
+            "30",
+            "--rate",
+            "500",
+            "--no-progress",
+        ],
+    );
+    assert_clean(&r, &[("create", 10), ("put", 30), ("event", 30)]);
+}
+
+#[test]
+fn watch_latency_measures_every_event_and_memory() {
+    let server = Server::start();
+    let pid = server.child.id().to_string();
+    let reports = run_json_lines(
+        &server,
+        &[
+            "watch-latency",
+            "--watchers",
+            "1,20",
+            "--streams",
+            "4",
+            "--puts",
+            "10",
+            "--idle",
+            "100",
+            "--server-pid",
+            &pid,
+        ],
+    );
+    assert_eq!(reports.len(), 3, "{reports:?}");
+    assert_clean(&reports[0], &[("create", 1), ("put", 10), ("event", 10)]);
+    assert_clean(&reports[1], &[("create", 20), ("put", 10), ("event", 200)]);
+    assert_eq!(reports[1]["config"]["streams"], "4");
+    assert_eq!(reports[1]["config"]["lockstep"], "true");
+    assert_eq!(reports[2]["workload"], "watch-memory");
+    assert!(metric(&reports[2], "bytes_per_idle_watcher") >= 0.0);
+}
+
+#[test]
+fn lease_keepalive_refreshes_every_lease_without_losses() {
+    let server = Server::start();
+    for batch in ["1", "25"] {
+        let r = run_json(
+            &server,
+            &[
+                "lease-keepalive",
+                "--leases",
+                "100",
+                "--conns",
+                "2",
+                "--inflight",
+                "2",
+                "--batch",
+                batch,
+                "--duration",
+                "0.5",
+            ],
+        );
+        assert_eq!(r["workload"], "lease-keepalive");
+        let rounds = r["series"][0]["ok"].as_u64().unwrap();
+        assert!(rounds > 0, "{r}");
+        assert_eq!(r["series"][0]["failed"], 0, "{r}");
+        assert_eq!(metric(&r, "lost"), 0.0, "{r}");
+        assert_eq!(
+            metric(&r, "refreshed"),
+            (rounds * batch.parse::<u64>().unwrap()) as f64,
+            "every id of every round refreshed: {r}"
+        );
+        assert_eq!(metric(&r, "ids_per_message"), batch.parse::<f64>().unwrap());
+    }
+}
