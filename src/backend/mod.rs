@@ -17,15 +17,14 @@
 use std::cell::{Cell, RefCell};
 use std::cmp::Ordering;
 use std::fmt;
-use std::future::Future;
 use std::ops::{Bound, RangeBounds};
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
-use std::task::Poll;
+
+use futures::stream::{FuturesUnordered, StreamExt};
 
 mod check;
 mod freelist;
@@ -44,7 +43,7 @@ use freelist::Freelist;
 use page::{Meta, FIRST_DATA_PAGE};
 use readers::{Registry, Snap};
 use view::{Bitmap, RawCursor, RawRange, View};
-use write::{decode_desc, TxnCore};
+use write::{decode_desc, DirtyPage, TxnCore};
 
 /// Fixed page size of the file format.
 pub const PAGE_SIZE: usize = 4096;
@@ -208,7 +207,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 pub const MAX_WRITE_BYTES: usize = 1 << 20;
 
 /// Most page writes one publish keeps in flight at once.
-pub const MAX_INFLIGHT_WRITES: usize = 32;
+pub const MAX_INFLIGHT_WRITES: usize = 64;
 
 /// During [`Backend::compact_into`], the copy is published and synced whenever its write
 /// transaction holds this many dirty pages, bounding memory.
@@ -741,65 +740,52 @@ impl Backend {
         Ok(())
     }
 
-    /// Writes sealed pages (sorted by id): contiguous ones coalesced into one `write_at` (at
-    /// most [`MAX_WRITE_BYTES`]), up to [`MAX_INFLIGHT_WRITES`] writes in flight at once.
-    async fn write_pages(&self, pages: Vec<(u64, Vec<u8>)>) -> Result<()> {
-        let mut groups: Vec<(u64, Vec<u8>)> = Vec::new();
-        let mut it = pages.into_iter().peekable();
-        while let Some((start, mut buf)) = it.next() {
-            let mut end = start + (buf.len() / PAGE_SIZE) as u64;
-            while let Some((next, _)) = it.peek() {
-                if *next != end || buf.len() >= MAX_WRITE_BYTES {
+    /// Seals and writes a transaction's dirty pages (sorted by id): contiguous ones coalesced
+    /// into one `write_at` (at most [`MAX_WRITE_BYTES`]), up to [`MAX_INFLIGHT_WRITES`] writes
+    /// in flight.
+    ///
+    /// ext4 cannot do a buffered write without blocking, so io_uring hands every write to an
+    /// io-wq worker, and it runs the writes of one file one after another: that worker's
+    /// copying is what a large publish waits for. So pages are sealed (checksummed) and
+    /// coalesced only when a write slot is free, while the worker copies the writes already
+    /// submitted, instead of all before the first write; and a finished write is replaced at
+    /// once (a sliding window, not batches), so the worker never waits for this thread.
+    /// `FuturesUnordered` polls only the writes that completed: polling every pending write
+    /// on each wake-up makes glommio keep one more waker per pending write per poll, which
+    /// overflows its 16-bit task reference count with a few hundred writes in flight.
+    async fn write_pages(&self, pages: Vec<DirtyPage>, txid: u64) -> Result<()> {
+        let mut pages = pages.into_iter().peekable();
+        let mut next_write = || -> Option<(u64, Vec<u8>)> {
+            let mut first = pages.next()?;
+            first.seal(txid);
+            let start = first.id;
+            let mut end = start + first.pages();
+            let mut buf = first.buf;
+            while let Some(p) = pages.peek() {
+                if p.id != end || buf.len() >= MAX_WRITE_BYTES {
                     break;
                 }
-                let (_, b) = it.next().expect("peeked");
-                end += (b.len() / PAGE_SIZE) as u64;
-                buf.extend_from_slice(&b);
+                let mut p = pages.next().expect("peeked");
+                p.seal(txid);
+                end += p.pages();
+                buf.extend_from_slice(&p.buf);
             }
-            groups.push((start * PAGE_SIZE as u64, buf));
-        }
-        let mut groups = groups.into_iter();
+            Some((start * PAGE_SIZE as u64, buf))
+        };
+        let mut inflight = FuturesUnordered::new();
         loop {
-            let batch: Vec<_> = groups
-                .by_ref()
-                .take(MAX_INFLIGHT_WRITES)
-                .map(|(pos, buf)| write_all(&self.file, buf, pos, &self.shared.path))
-                .collect();
-            if batch.is_empty() {
-                return Ok(());
+            while inflight.len() < MAX_INFLIGHT_WRITES {
+                let Some((pos, buf)) = next_write() else {
+                    break;
+                };
+                inflight.push(write_all(&self.file, buf, pos, &self.shared.path));
             }
-            join_all(batch).await?;
+            match inflight.next().await {
+                Some(r) => r?,
+                None => return Ok(()),
+            }
         }
     }
-}
-
-/// Runs all futures concurrently to completion; the first error, if any.
-async fn join_all<F: Future<Output = Result<()>>>(futs: Vec<F>) -> Result<()> {
-    let mut futs: Vec<Option<Pin<Box<F>>>> = futs.into_iter().map(|f| Some(Box::pin(f))).collect();
-    let mut first_err = None;
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for slot in futs.iter_mut() {
-            if let Some(f) = slot {
-                match f.as_mut().poll(cx) {
-                    Poll::Ready(r) => {
-                        *slot = None;
-                        if let Err(e) = r {
-                            first_err.get_or_insert(e);
-                        }
-                    }
-                    Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            Poll::Pending
-        } else {
-            Poll::Ready(())
-        }
-    })
-    .await;
-    first_err.map_or(Ok(()), Err)
 }
 
 impl Reader {
@@ -1041,7 +1027,7 @@ impl<'b> WriteTxn<'b> {
         let snap = if core.is_dirty() {
             let (pages, snap) = core.prepare_commit()?;
             backend.ensure_len(snap.high_water)?;
-            backend.write_pages(pages).await?;
+            backend.write_pages(pages, snap.txid).await?;
             snap
         } else {
             // Nothing changed: a new txid over the same pages (nothing to write).

@@ -951,3 +951,75 @@ fn zeroed_new_file_is_initialised() {
         ));
     });
 }
+
+/// A publish of many scattered pages (far more separate writes than
+/// [`MAX_INFLIGHT_WRITES`], each sealed just before it is written) is exactly what readers see
+/// through the mapping at once, and what a reopen finds after a sync.
+#[test]
+fn scattered_publish_reads_back_through_the_mapping_and_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let rounds = iters("COREKV_SCATTERED_PUBLISH_ITERS", 4);
+    run(move || async move {
+        const KEYS: u64 = 6_000;
+        let key = |i: u64| format!("key{:08}", i.wrapping_mul(0x9E37_79B9) % 1_000_000_007);
+        let val = |i: u64, gen: u64| {
+            let mut v = format!("{i}:{gen}:").into_bytes();
+            v.resize(200, b'a' + (gen % 26) as u8);
+            v
+        };
+        let mut model: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        {
+            let b = Backend::open(&path, opts()).await.unwrap();
+            let mut w = b.begin_write().unwrap();
+            let mut t = w.open_tree(b"t", KeyOrder::Bytewise).unwrap();
+            for i in 0..KEYS {
+                t.put(key(i).as_bytes(), &val(i, 0)).unwrap();
+                model.insert(key(i), val(i, 0));
+            }
+            w.publish().await.unwrap();
+            b.sync().await.unwrap();
+            let mut rng = Rng(0x5eed);
+            for gen in 1..=rounds {
+                // Every third key on average: most leaves are copied, to pages spread over
+                // the freelist of the previous rounds.
+                let mut w = b.begin_write().unwrap();
+                let mut t = w.open_tree(b"t", KeyOrder::Bytewise).unwrap();
+                for _ in 0..KEYS / 3 {
+                    let i = rng.below(KEYS);
+                    t.put(key(i).as_bytes(), &val(i, gen)).unwrap();
+                    model.insert(key(i), val(i, gen));
+                }
+                let free_before = b.stats().free_pages;
+                w.publish().await.unwrap();
+                assert!(
+                    gen == 1 || free_before as usize > MAX_INFLIGHT_WRITES,
+                    "round {gen}: only {free_before} free pages: the writes were not scattered"
+                );
+                let r = b.begin_read().unwrap();
+                let tree = r.tree(b"t").unwrap().unwrap();
+                let got: Vec<(Vec<u8>, Vec<u8>)> = tree
+                    .range::<std::ops::RangeFull>(..)
+                    .unwrap()
+                    .map(|e| e.map(|(k, v)| (k.to_vec(), v.to_vec())).unwrap())
+                    .collect();
+                let want: Vec<(Vec<u8>, Vec<u8>)> = model
+                    .iter()
+                    .map(|(k, v)| (k.clone().into_bytes(), v.clone()))
+                    .collect();
+                assert!(got == want, "round {gen}: published snapshot differs");
+                drop(r);
+                b.sync().await.unwrap();
+                assert_clean(&b);
+            }
+        }
+        let b = Backend::open(&path, opts()).await.unwrap();
+        assert_clean(&b);
+        let r = b.begin_read().unwrap();
+        let tree = r.tree(b"t").unwrap().unwrap();
+        assert_eq!(tree.count::<std::ops::RangeFull>(..).unwrap(), KEYS);
+        for (k, v) in &model {
+            assert_eq!(tree.get(k.as_bytes()).unwrap(), Some(&v[..]), "key {k}");
+        }
+    });
+}

@@ -91,8 +91,37 @@ impl std::hash::Hasher for PageIdHasher {
 /// A map keyed by page id.
 pub(crate) type PageMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<PageIdHasher>>;
 
-/// A sealed page or run `(first page id, bytes)`, ready to write.
-pub(crate) type SealedPages = (u64, Vec<u8>);
+/// A dirty page or run handed to publish: its bytes and the header fields [`seal`] fills in.
+/// Publish seals it only right before writing it, so computing checksums overlaps with the
+/// writes already handed to the kernel.
+pub(crate) struct DirtyPage {
+    /// First page id.
+    pub id: u64,
+    /// The page or run, `run * PAGE_SIZE` bytes.
+    pub buf: Vec<u8>,
+    kind: u8,
+    count: u16,
+    payload: u32,
+}
+
+impl DirtyPage {
+    /// Pages in this page's run.
+    pub(crate) fn pages(&self) -> u64 {
+        (self.buf.len() / PAGE_SIZE) as u64
+    }
+
+    /// Fills in the header (kind, count, own id, `txid`, run, payload) and the checksum.
+    pub(crate) fn seal(&mut self, txid: u64) {
+        seal(
+            &mut self.buf,
+            self.kind,
+            self.count,
+            self.id,
+            txid,
+            self.payload,
+        );
+    }
+}
 
 /// One tree touched by this transaction.
 pub(crate) struct TreeState {
@@ -937,8 +966,8 @@ impl TxnCore {
     /// (`delta`) in front of the existing chain; the whole set as a single segment when the
     /// chain has grown long relative to the set (so open replays little, and a long reader
     /// never makes each commit rewrite everything pending). Returns the chain head (page,
-    /// pages) and the sealed segment, if one was written.
-    fn persist_freelist(&mut self) -> Result<(u64, u64, Option<Vec<u8>>)> {
+    /// pages) and the segment (to be sealed by publish), if one was written.
+    fn persist_freelist(&mut self) -> Result<(u64, u64, Option<DirtyPage>)> {
         let bound = self.freelist.extent_bound();
         let compact = self.chain.is_empty()
             || self.chain.len() >= MAX_FREELIST_SEGMENTS
@@ -987,25 +1016,25 @@ impl TxnCore {
             wr_u64(&mut buf, HDR + SEG_HDR + 16 * j, *s);
             wr_u64(&mut buf, HDR + SEG_HDR + 16 * j + 8, *len);
         }
-        seal(
-            &mut buf,
-            KIND_FREELIST,
-            0,
-            pg,
-            self.txid,
-            records.len() as u32,
-        );
         self.chain_records = if compact {
             records.len() as u64
         } else {
             self.chain_records + records.len() as u64
         };
-        Ok((pg, n, Some(buf)))
+        let seg = DirtyPage {
+            id: pg,
+            buf,
+            kind: KIND_FREELIST,
+            count: 0,
+            payload: records.len() as u32,
+        };
+        Ok((pg, n, Some(seg)))
     }
 
     /// Applies tree changes to the catalog, persists the freelist, and returns every dirty
-    /// page (sealed, sorted by id) with the snapshot they make up.
-    pub(crate) fn prepare_commit(&mut self) -> Result<(Vec<SealedPages>, Snap)> {
+    /// page (sorted by id, not yet sealed: see [`DirtyPage::seal`]) with the snapshot they
+    /// make up.
+    pub(crate) fn prepare_commit(&mut self) -> Result<(Vec<DirtyPage>, Snap)> {
         self.check_poison()?;
         let trees: Vec<(Vec<u8>, u64, KeyOrder, bool)> = self
             .trees
@@ -1028,34 +1057,36 @@ impl TxnCore {
             t.dirty = false;
         }
         let (fl, fl_pages, seg) = self.persist_freelist()?;
-        let mut pages: Vec<SealedPages> =
-            Vec::with_capacity(self.nodes.len() + self.runs.len() + 1);
-        if let Some(seg) = seg {
-            pages.push((fl, seg));
-        }
+        let mut pages: Vec<DirtyPage> = Vec::with_capacity(self.nodes.len() + self.runs.len() + 1);
+        pages.extend(seg);
         for (id, node) in self.nodes.drain() {
             let (n, kind) = (node.len(), node.bytes()[4]);
             if n == 0 {
                 return Err(internal(&format!("empty node {id} at publish")));
             }
-            let mut buf = node.into_vec();
-            seal(&mut buf, kind, n as u16, id, self.txid, 0);
-            pages.push((id, buf));
-        }
-        for (&id, buf) in &mut self.runs {
-            let len = rd_u32(buf, 28);
-            seal(buf, KIND_OVERFLOW, 0, id, self.txid, len);
+            pages.push(DirtyPage {
+                id,
+                buf: node.into_vec(),
+                kind,
+                count: n as u16,
+                payload: 0,
+            });
         }
         for (id, buf) in self.runs.drain() {
-            pages.push((id, buf));
+            let len = rd_u32(&buf, 28);
+            pages.push(DirtyPage {
+                id,
+                buf,
+                kind: KIND_OVERFLOW,
+                count: 0,
+                payload: len,
+            });
         }
-        pages.sort_unstable_by_key(|(id, _)| *id);
-        debug_assert!(pages
-            .windows(2)
-            .all(|w| w[0].0 + (w[0].1.len() / PAGE_SIZE) as u64 <= w[1].0));
+        pages.sort_unstable_by_key(|p| p.id);
+        debug_assert!(pages.windows(2).all(|w| w[0].id + w[0].pages() <= w[1].id));
         debug_assert!(pages
             .iter()
-            .all(|(id, b)| *id >= FIRST_DATA_PAGE && id + (b.len() / PAGE_SIZE) as u64 <= self.hw));
+            .all(|p| p.id >= FIRST_DATA_PAGE && p.id + p.pages() <= self.hw));
         let snap = Snap {
             txid: self.txid,
             catalog_root: self.catalog_root,
