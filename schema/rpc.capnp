@@ -263,6 +263,10 @@ struct WatchResponse {
   cancelReason @5 :Text;
   fragment @6 :Bool;      # more fragments of this revision follow
   events @7 :List(WatchEvent);
+  moreWatchIds @8 :List(Int64);
+  # Other watchers of the same stream this identical response is also for (same events,
+  # prev_kv and fragment settings): the server sends it once; the client library hands each
+  # watcher its own copy with its own watchId, so a client-API user sees etcd's responses.
 }
 
 interface WatchSink {

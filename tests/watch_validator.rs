@@ -565,6 +565,18 @@ fn watch_validator() {
                         range_end: Vec::new(),
                         start: 0,
                     },
+                    // Twins get identical responses, which the server sends once for both
+                    // (the client library hands each its copy).
+                    Spec {
+                        name: "fast prefix twin".into(),
+                        ..prefix.clone()
+                    },
+                    Spec {
+                        name: "fast single key twin".into(),
+                        key: key(3),
+                        range_end: Vec::new(),
+                        start: 0,
+                    },
                 ],
                 Duration::ZERO,
                 false,
@@ -581,21 +593,35 @@ fn watch_validator() {
             ),
             (
                 "slow",
-                vec![Spec {
-                    name: "slow range".into(),
-                    key: key(5),
-                    range_end: key(30),
-                    start: 0,
-                }],
+                vec![
+                    Spec {
+                        name: "slow range".into(),
+                        key: key(5),
+                        range_end: key(30),
+                        start: 0,
+                    },
+                    Spec {
+                        name: "slow range twin".into(),
+                        key: key(5),
+                        range_end: key(30),
+                        start: 0,
+                    },
+                ],
                 Duration::from_millis(3),
                 false,
             ),
             (
                 "stalled",
-                vec![Spec {
-                    name: "stalled prefix (reads nothing until the end)".into(),
-                    ..prefix.clone()
-                }],
+                vec![
+                    Spec {
+                        name: "stalled prefix (reads nothing until the end)".into(),
+                        ..prefix.clone()
+                    },
+                    Spec {
+                        name: "stalled prefix twin".into(),
+                        ..prefix.clone()
+                    },
+                ],
                 Duration::ZERO,
                 true,
             ),

@@ -82,6 +82,7 @@ pub fn write_outgoing(out: &Outgoing, header: Header, mut b: wire::watch_respons
         }
         Outgoing::Events {
             watch_id,
+            more_ids,
             revision,
             fragment,
             source,
@@ -91,6 +92,12 @@ pub fn write_outgoing(out: &Outgoing, header: Header, mut b: wire::watch_respons
             h.revision = *revision;
             b.set_watch_id(*watch_id);
             b.set_fragment(*fragment);
+            if !more_ids.is_empty() {
+                let mut ids = b.reborrow().init_more_watch_ids(more_ids.len() as u32);
+                for (i, &id) in more_ids.iter().enumerate() {
+                    ids.set(i as u32, id);
+                }
+            }
             let mut list = b.reborrow().init_events(events.len() as u32);
             for (i, &e) in events.iter().enumerate() {
                 let ev = &source.events[e as usize];
@@ -149,7 +156,34 @@ impl WatchResponse {
     }
 }
 
-/// Reads a watch response.
+/// Reads a watch response and hands `each` one copy per watcher it is for: itself, then one
+/// per id in `moreWatchIds` (with that id), in order.
+pub fn read_watch_response_copies(
+    r: wire::watch_response::Reader<'_>,
+    mut each: impl FnMut(WatchResponse),
+) -> capnp::Result<()> {
+    let more: Vec<i64> = r.get_more_watch_ids()?.iter().collect();
+    let first = read_watch_response(r)?;
+    let Some((&last, middle)) = more.split_last() else {
+        each(first);
+        return Ok(());
+    };
+    each(first.clone());
+    for &id in middle {
+        each(WatchResponse {
+            watch_id: id,
+            ..first.clone()
+        });
+    }
+    each(WatchResponse {
+        watch_id: last,
+        ..first
+    });
+    Ok(())
+}
+
+/// Reads a watch response (the copies for `moreWatchIds` are not made: see
+/// [`read_watch_response_copies`]).
 pub fn read_watch_response(r: wire::watch_response::Reader<'_>) -> capnp::Result<WatchResponse> {
     let mut events = Vec::new();
     for e in r.get_events()?.iter() {

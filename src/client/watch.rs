@@ -29,52 +29,66 @@ struct Sink {
     tx: mpsc::Sender<Result<WatchResponse>>,
 }
 
+impl Sink {
+    /// Decodes one wire response into the copies its watchers get (one per watch id it
+    /// carries), or the error that it was malformed.
+    fn decode(
+        r: capnp::Result<crate::generated::rpc_capnp::watch_response::Reader<'_>>,
+        out: &mut Vec<Result<WatchResponse>>,
+    ) {
+        if let Err(e) =
+            r.and_then(|r| wire_watch::read_watch_response_copies(r, |x| out.push(Ok(x))))
+        {
+            out.push(Err(ClientError::Transport(format!(
+                "malformed watch response: {e}"
+            ))));
+        }
+    }
+
+    /// Hands `decoded` to the consumer in order; waiting here is the backpressure: the
+    /// server's next streaming call is held back until the consumer has taken something.
+    fn deliver(
+        &self,
+        decoded: Vec<Result<WatchResponse>>,
+    ) -> impl Future<Output = std::result::Result<(), capnp::Error>> + 'static {
+        let mut tx = self.tx.clone();
+        async move {
+            for r in decoded {
+                if tx.send(r).await.is_err() {
+                    break; // the consumer dropped the stream
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
 impl watch_sink::Server for Sink {
     fn send(
         self: Rc<Self>,
         params: watch_sink::SendParams,
     ) -> impl Future<Output = std::result::Result<(), capnp::Error>> + 'static {
-        let decoded = params
-            .get()
-            .and_then(|p| p.get_response())
-            .and_then(wire_watch::read_watch_response)
-            .map_err(|e| ClientError::Transport(format!("malformed watch response: {e}")));
-        let mut tx = self.tx.clone();
-        async move {
-            // Waiting here is the backpressure: the server's next streaming call is held back
-            // until the consumer has taken something.
-            let _ = tx.send(decoded).await;
-            Ok(())
-        }
+        let mut decoded = Vec::new();
+        Sink::decode(params.get().and_then(|p| p.get_response()), &mut decoded);
+        self.deliver(decoded)
     }
 
     fn send_batch(
         self: Rc<Self>,
         params: watch_sink::SendBatchParams,
     ) -> impl Future<Output = std::result::Result<(), capnp::Error>> + 'static {
-        let decoded: Vec<Result<WatchResponse>> = match params.get().and_then(|p| p.get_responses())
-        {
-            Ok(list) => list
-                .iter()
-                .map(|r| {
-                    wire_watch::read_watch_response(r).map_err(|e| {
-                        ClientError::Transport(format!("malformed watch response: {e}"))
-                    })
-                })
-                .collect(),
-            Err(e) => vec![Err(ClientError::Transport(format!(
-                "malformed watch response batch: {e}"
-            )))],
-        };
-        let mut tx = self.tx.clone();
-        async move {
-            for r in decoded {
-                if tx.send(r).await.is_err() {
-                    break;
+        let mut decoded = Vec::new();
+        match params.get().and_then(|p| p.get_responses()) {
+            Ok(list) => {
+                for r in list.iter() {
+                    Sink::decode(Ok(r), &mut decoded);
                 }
             }
-            Ok(())
+            Err(e) => decoded.push(Err(ClientError::Transport(format!(
+                "malformed watch response batch: {e}"
+            )))),
         }
+        self.deliver(decoded)
     }
 }
 

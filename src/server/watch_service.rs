@@ -59,10 +59,12 @@ impl watch::Server for WatchService {
     }
 }
 
-/// Most responses sent to a sink in one call.
+/// Most responses sent to a sink in one call, counting a shared response once per watcher it
+/// is for (what the client materializes).
 pub const MAX_SINK_BATCH_RESPONSES: usize = 256;
-/// Estimated bytes of responses gathered into one sink call (one more response may follow
-/// the last that fit, so a call is at most this plus one response).
+/// Estimated bytes of responses gathered into one sink call, shared responses counted once
+/// per copy (one more response may follow the last that fit, so a call is at most this plus
+/// one response of at most `watch::MAX_SHARED_RESPONSE_BYTES` of copies).
 pub const MAX_SINK_BATCH_BYTES: usize = 256 << 10;
 
 /// Sends the stream's responses in order until the stream closes or the sink fails; what is
@@ -73,10 +75,12 @@ async fn send_loop(ctx: Rc<ShardContext>, sid: u64, bell: Rc<Doorbell>, sink: wa
             let mut hub = ctx.watch.borrow_mut();
             let mut batch = Vec::new();
             let mut bytes = 0;
-            while batch.len() < MAX_SINK_BATCH_RESPONSES && bytes < MAX_SINK_BATCH_BYTES {
+            let mut copies = 0;
+            while copies < MAX_SINK_BATCH_RESPONSES && bytes < MAX_SINK_BATCH_BYTES {
                 match hub.pop(sid) {
                     Some(out) => {
                         bytes += out.bytes();
+                        copies += out.copies();
                         batch.push(out);
                     }
                     None => break,

@@ -13,18 +13,22 @@
 //!   snapshot newer than what the hub has received, or it starts in the future).
 
 use std::cell::{Cell, RefCell};
+use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
+use std::hash::BuildHasher;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use hashbrown::HashTable;
+
 use super::index::{KeyIndex, KeyRange, Slots, NIL};
 use super::{
     event_bytes, kv_bytes, AppliedBatch, Inbox, CATCHUP_EVENTS_PER_STEP, CATCHUP_STEPS_PER_ROUND,
-    MAX_RESPONSE_BYTES, MAX_STREAM_QUEUE_BYTES, MAX_WATCHERS_PER_STREAM,
+    MAX_RESPONSE_BYTES, MAX_SHARED_RESPONSE_BYTES, MAX_STREAM_QUEUE_BYTES, MAX_WATCHERS_PER_STREAM,
 };
 use crate::backend::Reader;
 use crate::mvcc::history::{read_history, version_at};
@@ -86,6 +90,10 @@ pub enum Outgoing {
     Events {
         /// Watch id.
         watch_id: i64,
+        /// Other watchers of the same stream this identical response is also for (the same
+        /// events, prev_kv and fragment settings): encoded and sent once, copied per watcher
+        /// by the client library.
+        more_ids: Box<[i64]>,
         /// Header revision: the watcher has every event up to it after this response.
         revision: Revision,
         /// More fragments of the same revision follow.
@@ -100,13 +108,23 @@ pub enum Outgoing {
 }
 
 impl Outgoing {
-    /// Estimated encoded size (what the stream's queue limit counts).
+    /// How many watchers this response is for (the client library makes a copy for each).
+    pub fn copies(&self) -> usize {
+        match self {
+            Outgoing::Events { more_ids, .. } => 1 + more_ids.len(),
+            _ => 1,
+        }
+    }
+
+    /// Estimated size of all its copies as the client gets them (what the stream's queue
+    /// limit counts, so a slow client's backlog is bounded as if every copy were queued).
     pub fn bytes(&self) -> usize {
         match self {
             Outgoing::Events {
                 source,
                 events,
                 prev_kvs,
+                more_ids,
                 ..
             } => {
                 let evs: usize = events
@@ -114,7 +132,7 @@ impl Outgoing {
                     .map(|&i| event_bytes(&source.events[i as usize]))
                     .sum();
                 let prevs: usize = prev_kvs.iter().flatten().flatten().map(kv_bytes).sum();
-                64 + evs + prevs
+                (64 + evs + prevs) * (1 + more_ids.len())
             }
             Outgoing::Canceled { reason, .. } => 64 + reason.len(),
             _ => 64,
@@ -166,7 +184,8 @@ const F_NO_DELETE: u8 = 16;
 /// Events were queued since the last progress tick (etcd sends progress only to idle ones).
 const F_SENT: u8 = 32;
 
-/// One watcher; kept small (the hub holds 100,000s): shared key buffers, one byte of flags.
+/// One watcher; kept small (the hub holds 100,000s): 56 bytes with a short key inline, one
+/// byte of flags.
 struct Watcher {
     range: KeyRange,
     id: i64,
@@ -217,7 +236,9 @@ impl Slots for WatcherSlab {
 }
 
 struct Stream {
-    ids: HashMap<i64, u32>,
+    /// The stream's watchers by watch id: slots, hashed and compared through the id in the
+    /// slot (4 bytes per watcher instead of a copy of the id).
+    ids: HashTable<u32>,
     next_id: i64,
     queue: VecDeque<Outgoing>,
     queued_bytes: usize,
@@ -225,6 +246,16 @@ struct Stream {
     behind: usize,
     progress_pending: bool,
     bell: Rc<Doorbell>,
+}
+
+/// One watcher's matches in a batch (a range of the sorted hits), with what decides whether
+/// another watcher can share its response.
+struct Run {
+    stream: u64,
+    /// The flags that shape the response: prev_kv and fragment.
+    shape: u8,
+    hits: std::ops::Range<u32>,
+    slot: u32,
 }
 
 /// Counters for tests and benchmarks.
@@ -256,6 +287,7 @@ pub struct Hub {
     behind: VecDeque<u32>,
     ahead: BTreeMap<Revision, Vec<u32>>,
     streams: HashMap<u64, Stream>,
+    id_hasher: RandomState,
     next_stream: u64,
     catchup_bell: Rc<Doorbell>,
     lags: u64,
@@ -279,6 +311,7 @@ impl Hub {
             behind: VecDeque::new(),
             ahead: BTreeMap::new(),
             streams: HashMap::new(),
+            id_hasher: RandomState::new(),
             next_stream: 1,
             catchup_bell: Rc::new(Doorbell::default()),
             lags: 0,
@@ -304,10 +337,19 @@ impl Hub {
             .expect("stream id refers to an open stream")
     }
 
+    /// The slot of watcher `id` of stream `sid`, if it exists.
+    fn slot_of(&self, sid: u64, id: i64) -> Option<u32> {
+        let s = self.streams.get(&sid)?;
+        let hash = self.id_hasher.hash_one(id);
+        s.ids
+            .find(hash, |&slot| self.watchers.get(slot).id == id)
+            .copied()
+    }
+
     /// Opens a stream whose sender waits on `bell`; returns its id (never reused).
     pub fn open_stream(&mut self, bell: Rc<Doorbell>) -> u64 {
         let s = Stream {
-            ids: HashMap::new(),
+            ids: HashTable::new(),
             next_id: 1,
             queue: VecDeque::new(),
             queued_bytes: 0,
@@ -331,7 +373,7 @@ impl Hub {
         let Some(stream) = self.streams.remove(&sid) else {
             return;
         };
-        for (_, slot) in stream.ids {
+        for slot in stream.ids {
             self.drop_watcher(slot, false);
         }
         stream.bell.ring();
@@ -389,8 +431,7 @@ impl Hub {
             let mut view = SnapshotView::new(&txn)?;
             revisions(&mut view)?.0
         };
-        let stream = self.stream(sid);
-        if stream.ids.len() >= MAX_WATCHERS_PER_STREAM {
+        if self.stream(sid).ids.len() >= MAX_WATCHERS_PER_STREAM {
             return Err(Error::new(
                 ErrorCode::InvalidArgument,
                 format!("watch: the stream already has MAX_WATCHERS_PER_STREAM ({MAX_WATCHERS_PER_STREAM}) watchers"),
@@ -398,12 +439,13 @@ impl Hub {
         }
         let id = if req.watch_id == 0 {
             // Ids are not reused while the stream lives (as etcd): skip client-chosen ones.
-            while stream.ids.contains_key(&stream.next_id) {
-                stream.next_id += 1;
+            let mut next = self.stream(sid).next_id;
+            while self.slot_of(sid, next).is_some() {
+                next += 1;
             }
-            stream.next_id += 1;
-            stream.next_id - 1
-        } else if stream.ids.contains_key(&req.watch_id) {
+            self.stream(sid).next_id = next + 1;
+            next
+        } else if self.slot_of(sid, req.watch_id).is_some() {
             return Err(Error::new(
                 ErrorCode::WatchIdExists,
                 format!(
@@ -413,14 +455,6 @@ impl Hub {
             ));
         } else {
             req.watch_id
-        };
-        let key: Arc<[u8]> = self
-            .index
-            .shared_key(&req.key)
-            .unwrap_or_else(|| Arc::from(req.key.as_slice()));
-        let end = match req.range_end.as_slice() {
-            [] => None,
-            e => Some(Arc::from(e)),
         };
         let mut flags = 0;
         for (on, f) in [
@@ -440,7 +474,7 @@ impl Hub {
             req.start_revision
         };
         let w = Watcher {
-            range: KeyRange { key, end },
+            range: KeyRange::new(&req.key, &req.range_end),
             id,
             next_rev,
             stream: sid,
@@ -458,7 +492,13 @@ impl Hub {
                 (self.watchers.0.len() - 1) as u32
             }
         };
-        self.stream(sid).ids.insert(id, slot);
+        let hash = self.id_hasher.hash_one(id);
+        let (hasher, watchers) = (&self.id_hasher, &self.watchers);
+        self.streams
+            .get_mut(&sid)
+            .expect("open stream")
+            .ids
+            .insert_unique(hash, slot, |&s| hasher.hash_one(watchers.get(s).id));
         self.push(
             sid,
             Outgoing::Created {
@@ -473,7 +513,7 @@ impl Hub {
 
     /// Cancels watcher `id` of stream `sid`; a `canceled` response follows its last event.
     pub fn cancel(&mut self, sid: u64, id: i64) -> Result<()> {
-        let Some(&slot) = self.stream(sid).ids.get(&id) else {
+        let Some(slot) = self.slot_of(sid, id) else {
             return Err(Error::new(
                 ErrorCode::InvalidArgument,
                 format!("watch cancel: no watcher with id {id} on this stream"),
@@ -544,7 +584,19 @@ impl Hub {
             }
         }
         if remove_id {
-            self.stream(sid).ids.remove(&id);
+            let hash = self.id_hasher.hash_one(id);
+            let watchers = &self.watchers;
+            if let Ok(entry) = self
+                .streams
+                .get_mut(&sid)
+                .expect("open stream")
+                .ids
+                .find_entry(hash, |&s| watchers.get(s).id == id)
+            {
+                entry.remove();
+            } else {
+                debug_assert!(false, "watcher {id} is in its stream's id table");
+            }
         }
         self.watchers.0[slot as usize] = None;
         self.free.push(slot);
@@ -676,37 +728,103 @@ impl Hub {
         let mut hits: Vec<(u32, u32)> = Vec::new();
         for (i, ev) in batch.events.iter().enumerate() {
             let watchers = &self.watchers;
-            self.index.for_each_match(watchers, &ev.kv.key, |slot| {
-                if watchers.get(slot).wants(ev.kind) {
-                    hits.push((slot, i as u32));
-                }
-            });
+            self.index
+                .for_each_match(watchers, ev.kv.key.as_slice(), |slot| {
+                    if watchers.get(slot).wants(ev.kind) {
+                        hits.push((slot, i as u32));
+                    }
+                });
         }
         if hits.is_empty() {
             return;
         }
         hits.sort_unstable();
-        let mut prev_cache: Option<(crate::backend::ReadTxn, HashMap<u32, Option<KeyValue>>)> =
-            None;
+        // One run of hits per watcher, then watchers of the same stream that get the very same
+        // response (same events, same prev_kv and fragment settings) are grouped: their
+        // response is built, queued and encoded once (1,000 watchers on one key over 100
+        // streams: 100 responses per revision instead of 1,000).
+        let mut runs: Vec<Run> = Vec::new();
         let mut start = 0;
         while start < hits.len() {
             let slot = hits[start].0;
             let end = start + hits[start..].partition_point(|h| h.0 == slot);
-            let events: Vec<u32> = hits[start..end].iter().map(|h| h.1).collect();
+            let w = self.watchers.get(slot);
+            runs.push(Run {
+                stream: w.stream,
+                shape: w.flags & (F_PREV_KV | F_FRAGMENT),
+                hits: start as u32..end as u32,
+                slot,
+            });
             start = end;
-            let prev_kvs = if self.watchers.get(slot).flags & F_PREV_KV != 0 {
+        }
+        let events_of = |r: &Run| {
+            hits[r.hits.start as usize..r.hits.end as usize]
+                .iter()
+                .map(|h| h.1)
+        };
+        runs.sort_unstable_by(|a, b| {
+            (a.stream, a.shape)
+                .cmp(&(b.stream, b.shape))
+                .then_with(|| events_of(a).cmp(events_of(b)))
+                .then(a.slot.cmp(&b.slot))
+        });
+        let mut prev_cache: Option<(crate::backend::ReadTxn, HashMap<u32, Option<KeyValue>>)> =
+            None;
+        let mut slots: Vec<u32> = Vec::new();
+        let mut i = 0;
+        while i < runs.len() {
+            let first = &runs[i];
+            let mut j = i + 1;
+            while j < runs.len()
+                && (runs[j].stream, runs[j].shape) == (first.stream, first.shape)
+                && events_of(&runs[j]).eq(events_of(first))
+            {
+                j += 1;
+            }
+            let events: Vec<u32> = events_of(first).collect();
+            slots.clear();
+            slots.extend(runs[i..j].iter().map(|r| r.slot));
+            let prev_kv = first.shape & F_PREV_KV != 0;
+            i = j;
+            let prev_kvs = if prev_kv {
                 match self.prev_kvs_cached(&mut prev_cache, batch, &events) {
                     Ok(p) => Some(p),
                     Err(e) => {
-                        self.fail_watcher(slot, &e);
+                        for &slot in &slots {
+                            self.fail_watcher(slot, &e);
+                        }
                         continue;
                     }
                 }
             } else {
                 None
             };
-            if let Some(stop) = self.emit(slot, batch, events, prev_kvs, batch.revision) {
-                self.unsync(slot, stop);
+            // Split the group so that one shared response stands for at most
+            // MAX_SHARED_RESPONSE_BYTES of copies (at least one watcher per part).
+            let copy_bytes = 64
+                + events
+                    .iter()
+                    .map(|&e| event_bytes(&batch.events[e as usize]))
+                    .sum::<usize>()
+                + prev_kvs
+                    .iter()
+                    .flatten()
+                    .flatten()
+                    .map(kv_bytes)
+                    .sum::<usize>();
+            let per_part = (MAX_SHARED_RESPONSE_BYTES / copy_bytes).max(1);
+            for part in slots.chunks(per_part) {
+                if let Some(stop) = self.emit(
+                    part,
+                    batch,
+                    events.clone(),
+                    prev_kvs.clone(),
+                    batch.revision,
+                ) {
+                    for &slot in part {
+                        self.unsync(slot, stop);
+                    }
+                }
             }
         }
     }
@@ -756,22 +874,36 @@ impl Hub {
         self.maybe_progress(sid);
     }
 
-    /// Queues `events` (indexes into `source`, in revision order) for the watcher in
-    /// responses of whole revisions (split only with fragment). Returns None if everything was
-    /// queued, or the first revision that did not fit in the stream's buffer.
+    /// Queues `events` (indexes into `source`, in revision order) for the watchers in `slots`
+    /// (all of one stream, with the same fragment setting, and `prev_kvs` for all of them or
+    /// none) in responses of whole revisions (split only with fragment), each response shared
+    /// by all of them. Returns None if everything was queued, or the first revision that did
+    /// not fit in the stream's buffer (for all of them alike).
     fn emit(
         &mut self,
-        slot: u32,
+        slots: &[u32],
         source: &Arc<AppliedBatch>,
         events: Vec<u32>,
         mut prev_kvs: Option<Vec<Option<KeyValue>>>,
         header_rev: Revision,
     ) -> Option<Revision> {
-        let (sid, id, fragment) = {
-            let w = self.watchers.get_mut(slot);
-            w.flags |= F_SENT;
-            (w.stream, w.id, w.flags & F_FRAGMENT != 0)
+        let (sid, fragment) = {
+            let w = self.watchers.get(slots[0]);
+            (w.stream, w.flags & F_FRAGMENT != 0)
         };
+        let mut ids = Vec::with_capacity(slots.len());
+        for &slot in slots {
+            let w = self.watchers.get_mut(slot);
+            debug_assert_eq!(
+                (w.stream, w.flags & F_FRAGMENT != 0),
+                (sid, fragment),
+                "a group shares its stream and fragment setting"
+            );
+            w.flags |= F_SENT;
+            ids.push(w.id);
+        }
+        let id = ids[0];
+        let more_ids: Box<[i64]> = ids[1..].into();
         let rev_of = |i: u32| source.events[i as usize].kv.mod_revision;
         let size_of = |k: usize, prev: &Option<Vec<Option<KeyValue>>>| {
             event_bytes(&source.events[events[k] as usize])
@@ -815,7 +947,7 @@ impl Hub {
             }
             debug_assert!(end > at);
             let first_rev = rev_of(events[at]);
-            if !self.has_room(sid, bytes) {
+            if !self.has_room(sid, bytes * ids.len()) {
                 if at > 0 && rev_of(events[at - 1]) == first_rev {
                     // Mid-revision (fragmenting): fragments already queued cannot be taken
                     // back, so finish this revision regardless of the buffer.
@@ -830,6 +962,7 @@ impl Hub {
                 sid,
                 Outgoing::Events {
                     watch_id: id,
+                    more_ids: more_ids.clone(),
                     revision: if split || end < events.len() {
                         last_rev
                     } else {
@@ -937,7 +1070,7 @@ impl Hub {
                 chunk.next - 1,
                 chunk.events,
             ));
-            stop = self.emit(slot, &source, (0..n).collect(), prev_kvs, chunk.next - 1);
+            stop = self.emit(&[slot], &source, (0..n).collect(), prev_kvs, chunk.next - 1);
         }
         drop(txn);
         match stop {
@@ -1064,4 +1197,16 @@ impl Future for YieldNow {
 /// Yields once to the executor.
 pub fn yield_now() -> YieldNow {
     YieldNow(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The per-watcher memory target (< 200 bytes per idle watcher, measured in
+    /// `perf/watch-lease.md`) rests on this size: growing the slot shows up here first.
+    #[test]
+    fn a_watcher_slot_stays_56_bytes() {
+        assert_eq!(Hub::watcher_struct_bytes(), 56);
+    }
 }

@@ -1,43 +1,104 @@
 //! The hub's matching structure: which synced watchers does an event on key `k` concern?
 //!
-//! Single-key watchers (the common case, and the one that reaches 100,000s) live in a hash map
-//! from key to the head of an intrusive singly linked list threaded through the watcher slots,
-//! so a key costs one map entry however many watchers share it, and the key bytes are shared
-//! (`Arc<[u8]>`) between the map and every watcher on it. Range watchers (prefixes, from-key)
-//! live in a set; matching walks a sorted copy of them by start key backwards from the last
-//! start <= `k`, pruned by a prefix maximum of range ends: once no range starting at or before
-//! position `i` reaches past `k`, nothing further left can match. The sorted copy is rebuilt
-//! lazily after a change (O(r log r) for r range watchers), so creating many range watchers
-//! costs nothing per event until the next event.
+//! Single-key watchers (the common case, and the one that reaches 100,000s) live in a hash
+//! table of list heads: one 4-byte slot number per distinct key, hashed and compared through
+//! the key stored in the head watcher's slot (the table holds no key bytes of its own), and an
+//! intrusive singly linked list threaded through the watcher slots, so a key costs one table
+//! entry however many watchers share it. Range watchers (prefixes, from-key) live in a set;
+//! matching walks a sorted copy of them by start key backwards from the last start <= `k`,
+//! pruned by a prefix maximum of range ends: once no range starting at or before position `i`
+//! reaches past `k`, nothing further left can match. The sorted copy is rebuilt lazily after a
+//! change (O(r log r) for r range watchers), so creating many range watchers costs nothing per
+//! event until the next event.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::collections::hash_map::RandomState;
+use std::collections::HashSet;
+use std::hash::BuildHasher;
+
+use hashbrown::HashTable;
 
 /// "No next slot" in the intrusive per-key lists.
 pub const NIL: u32 = u32::MAX;
 
-/// The key range of a watcher, as etcd encodes it: `end` empty = the single key, `[0]` = every
-/// key >= `key`, otherwise `[key, end)`.
+/// Longest key stored inside a [`KeyRange`] itself (no heap allocation): most watched keys
+/// are short, and a watcher's memory is dominated by its key when it is on the heap.
+pub const INLINE_KEY_BYTES: usize = 22;
+
+/// The key range of a watcher, as etcd encodes it: an empty end = the single key, `[0]` =
+/// every key >= `key`, otherwise `[key, end)`. 24 bytes: a short single key is stored inline.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KeyRange {
-    /// First key (shared with the index).
-    pub key: Arc<[u8]>,
-    /// None: only `key`. Some([0]): unbounded. Some(end): keys < end.
-    pub end: Option<Arc<[u8]>>,
+pub enum KeyRange {
+    /// A single key of at most [`INLINE_KEY_BYTES`] bytes, stored inline.
+    Short {
+        /// Bytes of `buf` in use.
+        len: u8,
+        /// The key, zero-padded.
+        buf: [u8; INLINE_KEY_BYTES],
+    },
+    /// A longer single key.
+    Long(Box<[u8]>),
+    /// A range: `(key, end)` with `end` = `[0]` for unbounded; never empty.
+    Range(Box<KeyAndEnd>),
 }
 
+/// The start key and end of a range watcher (boxed once, so [`KeyRange`] stays 24 bytes).
+pub type KeyAndEnd = (Box<[u8]>, Box<[u8]>);
+
 impl KeyRange {
+    /// The range of `key` and etcd's `range_end` (empty: only `key`; `[0]`: from `key` on).
+    pub fn new(key: &[u8], range_end: &[u8]) -> KeyRange {
+        if !range_end.is_empty() {
+            return KeyRange::Range(Box::new((Box::from(key), Box::from(range_end))));
+        }
+        if key.len() <= INLINE_KEY_BYTES {
+            let mut buf = [0; INLINE_KEY_BYTES];
+            buf[..key.len()].copy_from_slice(key);
+            KeyRange::Short {
+                len: key.len() as u8,
+                buf,
+            }
+        } else {
+            KeyRange::Long(Box::from(key))
+        }
+    }
+
+    /// The first key.
+    pub fn key(&self) -> &[u8] {
+        match self {
+            KeyRange::Short { len, buf } => &buf[..*len as usize],
+            KeyRange::Long(k) => k,
+            KeyRange::Range(r) => &r.0,
+        }
+    }
+
+    /// The range end: None for a single key, `[0]` for unbounded, otherwise exclusive.
+    pub fn end(&self) -> Option<&[u8]> {
+        match self {
+            KeyRange::Range(r) => Some(&r.1),
+            _ => None,
+        }
+    }
+
     /// Whether `k` is in the range.
     pub fn contains(&self, k: &[u8]) -> bool {
-        match &self.end {
-            None => k == &*self.key,
-            Some(end) if end[..] == [0] => k >= &*self.key,
-            Some(end) => k >= &*self.key && k < &**end,
+        match self.end() {
+            None => k == self.key(),
+            Some([0]) => k >= self.key(),
+            Some(end) => k >= self.key() && k < end,
+        }
+    }
+
+    /// Heap bytes this range owns beyond its own 24 bytes (allocator overhead excluded).
+    pub fn heap_bytes(&self) -> usize {
+        match self {
+            KeyRange::Short { .. } => 0,
+            KeyRange::Long(k) => k.len(),
+            KeyRange::Range(r) => 32 + r.0.len() + r.1.len(),
         }
     }
 
     fn is_single(&self) -> bool {
-        self.end.is_none()
+        !matches!(self, KeyRange::Range(_))
     }
 }
 
@@ -69,7 +130,9 @@ pub trait Slots {
 /// The index of synced watchers by key range.
 #[derive(Default)]
 pub struct KeyIndex {
-    single: HashMap<Arc<[u8]>, u32>,
+    hasher: RandomState,
+    /// Head slot of each single key's list, found by the key in that slot.
+    single: HashTable<u32>,
     ranges: HashSet<u32>,
     /// `ranges` sorted by start key, and for each position the slot with the largest end
     /// among positions 0..=i. Valid only while `dirty` is false.
@@ -95,20 +158,29 @@ impl KeyIndex {
         self.len == 0
     }
 
-    /// The shared copy of `key` if some single-key watcher already holds it (so a new watcher
-    /// on the same key does not allocate its own).
-    pub fn shared_key(&self, key: &[u8]) -> Option<Arc<[u8]>> {
-        self.single.get_key_value(key).map(|(k, _)| k.clone())
-    }
-
     /// Adds `slot` (whose range `slots` knows). The slot must not be in the index.
     pub fn insert(&mut self, slots: &mut impl Slots, slot: u32) {
-        let range = slots.range(slot);
-        if range.is_single() {
-            let key = range.key.clone();
-            let head = self.single.entry(key).or_insert(NIL);
-            slots.set_next(slot, *head);
-            *head = slot;
+        if slots.range(slot).is_single() {
+            let hash = self.hasher.hash_one(slots.range(slot).key());
+            let found = {
+                let s = &*slots;
+                let key = s.range(slot).key();
+                self.single.find_mut(hash, |&h| s.range(h).key() == key)
+            };
+            match found {
+                Some(head) => {
+                    debug_assert_ne!(*head, slot, "slot {slot} inserted twice");
+                    let old = std::mem::replace(head, slot);
+                    slots.set_next(slot, old);
+                }
+                None => {
+                    slots.set_next(slot, NIL);
+                    let s = &*slots;
+                    let hasher = &self.hasher;
+                    self.single
+                        .insert_unique(hash, slot, |&h| hasher.hash_one(s.range(h).key()));
+                }
+            }
         } else {
             let fresh = self.ranges.insert(slot);
             debug_assert!(fresh, "slot {slot} inserted twice");
@@ -119,21 +191,27 @@ impl KeyIndex {
 
     /// Removes `slot`; it must be in the index.
     pub fn remove(&mut self, slots: &mut impl Slots, slot: u32) {
-        let range = slots.range(slot);
-        if range.is_single() {
-            let key = range.key.clone();
-            let head = *self
-                .single
-                .get(&*key)
-                .expect("a single-key watcher in the index has its key in the map");
-            if head == slot {
-                let next = slots.next(slot);
-                if next == NIL {
-                    self.single.remove(&*key);
-                } else {
-                    self.single.insert(key, next);
+        if slots.range(slot).is_single() {
+            let hash = self.hasher.hash_one(slots.range(slot).key());
+            let head = {
+                let s = &*slots;
+                let key = s.range(slot).key();
+                let Ok(mut entry) = self.single.find_entry(hash, |&h| s.range(h).key() == key)
+                else {
+                    panic!("a single-key watcher in the index has its key in the table");
+                };
+                let head = *entry.get();
+                if head == slot {
+                    let next = s.next(slot);
+                    if next == NIL {
+                        entry.remove();
+                    } else {
+                        *entry.get_mut() = next;
+                    }
                 }
-            } else {
+                head
+            };
+            if head != slot {
                 let mut at = head;
                 loop {
                     let next = slots.next(at);
@@ -156,11 +234,14 @@ impl KeyIndex {
 
     /// Calls `f` with every indexed slot whose range contains `key` (each once).
     pub fn for_each_match(&mut self, slots: &impl Slots, key: &[u8], mut f: impl FnMut(u32)) {
-        if let Some(&head) = self.single.get(key) {
-            let mut at = head;
-            while at != NIL {
-                f(at);
-                at = slots.next(at);
+        if !self.single.is_empty() {
+            let hash = self.hasher.hash_one(key);
+            if let Some(&head) = self.single.find(hash, |&h| slots.range(h).key() == key) {
+                let mut at = head;
+                while at != NIL {
+                    f(at);
+                    at = slots.next(at);
+                }
             }
         }
         if self.ranges.is_empty() {
@@ -172,10 +253,10 @@ impl KeyIndex {
         // Last position whose start <= key.
         let upto = self
             .sorted
-            .partition_point(|&s| &*slots.range(s).key <= key);
+            .partition_point(|&s| slots.range(s).key() <= key);
         for i in (0..upto).rev() {
             let best = slots.range(self.prefix_max[i]);
-            let best_end = best.end.as_deref().expect("range watchers have an end");
+            let best_end = best.end().expect("range watchers have an end");
             if !end_above(best_end, key) {
                 break; // nothing starting at or before position i reaches `key`
             }
@@ -190,17 +271,12 @@ impl KeyIndex {
         self.sorted.clear();
         self.sorted.extend(self.ranges.iter().copied());
         self.sorted
-            .sort_unstable_by(|&a, &b| slots.range(a).key.cmp(&slots.range(b).key));
+            .sort_unstable_by(|&a, &b| slots.range(a).key().cmp(slots.range(b).key()));
         self.prefix_max.clear();
         let mut best = NIL;
         for &s in &self.sorted {
-            let end = slots.range(s).end.as_deref().expect("range watcher");
-            if best == NIL
-                || end_cmp(
-                    end,
-                    slots.range(best).end.as_deref().expect("range watcher"),
-                )
-                .is_gt()
+            let end = slots.range(s).end().expect("range watcher");
+            if best == NIL || end_cmp(end, slots.range(best).end().expect("range watcher")).is_gt()
             {
                 best = s;
             }
@@ -211,7 +287,7 @@ impl KeyIndex {
 
     /// Approximate heap bytes of the index itself (not the watchers), for memory accounting.
     pub fn heap_bytes(&self) -> usize {
-        self.single.capacity() * (std::mem::size_of::<(Arc<[u8]>, u32)>() + 1)
+        self.single.capacity() * (std::mem::size_of::<u32>() + 1)
             + self.ranges.capacity() * 5
             + (self.sorted.capacity() + self.prefix_max.capacity()) * 4
     }
@@ -249,14 +325,11 @@ mod tests {
 
     fn range_strategy() -> impl Strategy<Value = KeyRange> {
         (key_strategy(), 0..4u8, key_strategy()).prop_map(|(key, kind, end)| {
-            let end = match kind {
-                0 | 1 => None,
-                2 => Some(Arc::from(&[0u8][..])),
-                _ => Some(Arc::from(end)), // possibly empty ranges: must simply match nothing
-            };
-            KeyRange {
-                key: Arc::from(key),
-                end,
+            match kind {
+                0 | 1 => KeyRange::new(&key, b""),
+                2 => KeyRange::new(&key, &[0]),
+                // Possibly empty ranges: must simply match nothing.
+                _ => KeyRange::new(&key, &end),
             }
         })
     }
@@ -318,20 +391,47 @@ mod tests {
     }
 
     #[test]
-    fn shared_key_reuses_the_indexed_buffer() {
+    fn short_keys_are_inline_and_long_ones_and_ranges_are_not() {
+        assert_eq!(std::mem::size_of::<KeyRange>(), 24);
+        let short = KeyRange::new(&[7u8; INLINE_KEY_BYTES], b"");
+        assert!(matches!(short, KeyRange::Short { .. }));
+        assert_eq!(short.key(), &[7u8; INLINE_KEY_BYTES]);
+        assert_eq!(short.end(), None);
+        let empty = KeyRange::new(b"", b"");
+        assert_eq!(empty.key(), b"");
+        let long = KeyRange::new(&[7u8; INLINE_KEY_BYTES + 1], b"");
+        assert!(matches!(long, KeyRange::Long(_)));
+        assert_eq!(long.key(), &[7u8; INLINE_KEY_BYTES + 1]);
+        let range = KeyRange::new(b"a", b"c");
+        assert_eq!((range.key(), range.end()), (&b"a"[..], Some(&b"c"[..])));
+        assert!(range.contains(b"b") && !range.contains(b"c"));
+        let from = KeyRange::new(b"b", &[0]);
+        assert!(from.contains(b"zzz") && !from.contains(b"a"));
+    }
+
+    #[test]
+    fn many_watchers_on_one_key_share_one_entry_and_unlink_in_any_order() {
+        let n = 50u32;
         let mut slots = TestSlots {
-            ranges: vec![KeyRange {
-                key: Arc::from(&b"k"[..]),
-                end: None,
-            }],
-            next: vec![NIL],
+            ranges: (0..n).map(|_| KeyRange::new(b"k", b"")).collect(),
+            next: vec![NIL; n as usize],
         };
         let mut index = KeyIndex::new();
-        index.insert(&mut slots, 0);
-        let shared = index.shared_key(b"k").expect("indexed");
-        assert!(Arc::ptr_eq(&shared, &slots.ranges[0].key));
-        index.remove(&mut slots, 0);
-        assert!(index.shared_key(b"k").is_none());
-        assert!(index.is_empty());
+        for s in 0..n {
+            index.insert(&mut slots, s);
+        }
+        assert_eq!(index.single.len(), 1);
+        // Remove heads, tails and middles alike.
+        let order: Vec<u32> = (0..n).map(|i| (i * 17) % n).collect();
+        for (done, &s) in order.iter().enumerate() {
+            index.remove(&mut slots, s);
+            let mut got = Vec::new();
+            index.for_each_match(&slots, b"k", |x| got.push(x));
+            got.sort_unstable();
+            let mut want: Vec<u32> = order[done + 1..].to_vec();
+            want.sort_unstable();
+            assert_eq!(got, want);
+        }
+        assert!(index.is_empty() && index.single.is_empty());
     }
 }

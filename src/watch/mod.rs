@@ -37,6 +37,11 @@ pub const MAX_STREAM_QUEUE_BYTES: usize = 1 << 20;
 /// Largest response (estimated bytes) built by merging revisions or, with `fragment`,
 /// by splitting one revision; a revision without `fragment` is sent whole however large.
 pub const MAX_RESPONSE_BYTES: usize = 1 << 20;
+/// Most bytes one shared response may stand for: its estimated size times the watchers it is
+/// for (the client library makes one copy per watcher). Watchers that would get the same
+/// response are grouped up to this, so what a client materializes from one wire response
+/// stays bounded however many watchers of a stream share a key.
+pub const MAX_SHARED_RESPONSE_BYTES: usize = 64 << 10;
 /// History entries read per catch-up step (a step may finish its last revision beyond it).
 pub const CATCHUP_EVENTS_PER_STEP: usize = 1000;
 /// Catch-up steps per round before the catch-up task yields to other tasks.
