@@ -14,7 +14,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::hash_map::RandomState;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::hash::BuildHasher;
 use std::pin::Pin;
@@ -373,8 +373,40 @@ impl Hub {
         let Some(stream) = self.streams.remove(&sid) else {
             return;
         };
+        // Unlink the stream's watchers in bulk: one pass over each key's list and each
+        // future revision's waiting list, however many of the stream's watchers are on it.
+        // One at a time, closing a stream with n watchers on a key walked that key's list n
+        // times: seconds of a stalled shard (and of a stalled shutdown) at 100,000 watchers.
+        let mut synced = HashSet::new();
+        let mut ahead = HashSet::new();
+        let mut ahead_revs = BTreeSet::new();
+        for &slot in stream.ids.iter() {
+            let w = self.watchers.get(slot);
+            match w.state {
+                State::Synced => {
+                    synced.insert(slot);
+                }
+                State::Ahead => {
+                    ahead.insert(slot);
+                    ahead_revs.insert(w.next_rev);
+                }
+                // Its stream's `behind` count goes with the stream; the catch-up queue skips
+                // freed slots.
+                State::Behind => {}
+            }
+        }
+        self.index.remove_all(&mut self.watchers, &synced);
+        for rev in ahead_revs {
+            if let Some(waiting) = self.ahead.get_mut(&rev) {
+                waiting.retain(|s| !ahead.contains(s));
+                if waiting.is_empty() {
+                    self.ahead.remove(&rev);
+                }
+            }
+        }
         for slot in stream.ids {
-            self.drop_watcher(slot, false);
+            self.watchers.0[slot as usize] = None;
+            self.free.push(slot);
         }
         stream.bell.ring();
     }

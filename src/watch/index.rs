@@ -20,6 +20,9 @@ use hashbrown::HashTable;
 /// "No next slot" in the intrusive per-key lists.
 pub const NIL: u32 = u32::MAX;
 
+/// Marks a slot [`KeyIndex::remove_all`] has already unlinked from its key's list.
+const UNLINKED: u32 = u32::MAX - 1;
+
 /// Longest key stored inside a [`KeyRange`] itself (no heap allocation): most watched keys
 /// are short, and a watcher's memory is dominated by its key when it is on the heap.
 pub const INLINE_KEY_BYTES: usize = 22;
@@ -232,6 +235,70 @@ impl KeyIndex {
         self.len -= 1;
     }
 
+    /// Removes every slot in `doomed` (all must be in the index). Each key's list is walked
+    /// once however many of its slots go, so removing n watchers of one key costs
+    /// O(n + list length), where n single removals would cost O(n x list length).
+    pub fn remove_all(&mut self, slots: &mut impl Slots, doomed: &HashSet<u32>) {
+        for &slot in doomed {
+            debug_assert!(slot < UNLINKED, "slot ids stay below the list markers");
+            if !slots.range(slot).is_single() {
+                let was = self.ranges.remove(&slot);
+                debug_assert!(was, "slot {slot} removed but not indexed");
+                self.dirty = true;
+                self.len -= 1;
+                continue;
+            }
+            if slots.next(slot) == UNLINKED {
+                // Its key's list was already rebuilt for an earlier doomed slot.
+                slots.set_next(slot, NIL);
+                continue;
+            }
+            let hash = self.hasher.hash_one(slots.range(slot).key());
+            let head = {
+                let s = &*slots;
+                let key = s.range(slot).key();
+                *self
+                    .single
+                    .find(hash, |&h| s.range(h).key() == key)
+                    .expect("a single-key watcher in the index has its key in the table")
+            };
+            // Rebuild the list without the doomed slots; mark those UNLINKED so later
+            // doomed slots of the same key know their list is done.
+            let (mut new_head, mut tail, mut at, mut removed) = (NIL, NIL, head, 0);
+            while at != NIL {
+                let next = slots.next(at);
+                if doomed.contains(&at) {
+                    slots.set_next(at, UNLINKED);
+                    removed += 1;
+                } else {
+                    if tail == NIL {
+                        new_head = at;
+                    } else {
+                        slots.set_next(tail, at);
+                    }
+                    tail = at;
+                }
+                at = next;
+            }
+            if tail != NIL {
+                slots.set_next(tail, NIL);
+            }
+            debug_assert!(removed > 0, "slot {slot} is on its key's list");
+            self.len -= removed;
+            let s = &*slots;
+            let key = s.range(slot).key();
+            let Ok(mut entry) = self.single.find_entry(hash, |&h| s.range(h).key() == key) else {
+                unreachable!("the key's entry was found above");
+            };
+            if new_head == NIL {
+                entry.remove();
+            } else {
+                *entry.get_mut() = new_head;
+            }
+            slots.set_next(slot, NIL);
+        }
+    }
+
     /// Calls `f` with every indexed slot whose range contains `key` (each once).
     pub fn for_each_match(&mut self, slots: &impl Slots, key: &[u8], mut f: impl FnMut(u32)) {
         if !self.single.is_empty() {
@@ -338,6 +405,8 @@ mod tests {
     enum Op {
         Insert(KeyRange),
         Remove(usize),
+        /// Removes several live slots at once (`remove_all`), picked by these indices.
+        RemoveAll(Vec<usize>),
         Match(Vec<u8>),
     }
 
@@ -345,6 +414,7 @@ mod tests {
         prop_oneof![
             3 => range_strategy().prop_map(Op::Insert),
             1 => any::<usize>().prop_map(Op::Remove),
+            1 => proptest::collection::vec(any::<usize>(), 0..8).prop_map(Op::RemoveAll),
             3 => key_strategy().prop_map(Op::Match),
         ]
     }
@@ -370,6 +440,18 @@ mod tests {
                         if !live.is_empty() {
                             let slot = live.swap_remove(i % live.len());
                             index.remove(&mut slots, slot);
+                        }
+                    }
+                    Op::RemoveAll(picks) => {
+                        let mut doomed = HashSet::new();
+                        for i in picks {
+                            if !live.is_empty() {
+                                doomed.insert(live.swap_remove(i % live.len()));
+                            }
+                        }
+                        index.remove_all(&mut slots, &doomed);
+                        for &slot in &doomed {
+                            prop_assert_eq!(slots.next[slot as usize], NIL);
                         }
                     }
                     Op::Match(k) => {
@@ -433,5 +515,31 @@ mod tests {
             assert_eq!(got, want);
         }
         assert!(index.is_empty() && index.single.is_empty());
+    }
+
+    #[test]
+    fn remove_all_takes_many_watchers_of_a_key_in_one_pass() {
+        // 100,000 watchers on one key, every other one removed at once, then the rest: one
+        // walk of the list per call (removing them one by one walks it per watcher).
+        let n = 100_000u32;
+        let mut slots = TestSlots {
+            ranges: (0..n).map(|_| KeyRange::new(b"k", b"")).collect(),
+            next: vec![NIL; n as usize],
+        };
+        let mut index = KeyIndex::new();
+        for s in 0..n {
+            index.insert(&mut slots, s);
+        }
+        let odd: HashSet<u32> = (0..n).filter(|s| s % 2 == 1).collect();
+        index.remove_all(&mut slots, &odd);
+        let mut got = Vec::new();
+        index.for_each_match(&slots, b"k", |x| got.push(x));
+        got.sort_unstable();
+        assert_eq!(got, (0..n).step_by(2).collect::<Vec<_>>());
+        assert_eq!(index.len(), (n / 2) as usize);
+        let even: HashSet<u32> = (0..n).step_by(2).collect();
+        index.remove_all(&mut slots, &even);
+        assert!(index.is_empty() && index.single.is_empty());
+        assert!(slots.next.iter().all(|&x| x == NIL));
     }
 }
