@@ -63,9 +63,10 @@ w("Produced by `{}` ({} s cells, {} s check-perf runs; exact commands "
   "thread, clients spread over connections) against both servers in the same run, cells "
   "alternating etcd then corekv.".format(a.invocation.strip(), a.cell_seconds, a.check_perf_seconds))
 w("")
-w(f"- Machine: {a.machine}; ext4 on virtio. **Shared**: other jobs (parallel builds and tests "
-  f"of other work) ran on the same 2 cores; load average at start {a.load_start}, at end "
-  f"{a.load_end}. The load generator also runs on these cores. Treat ratios as indicative.")
+w(f"- Machine: {a.machine}; ext4 on virtio. Load average (1, 5, 15 min) at start "
+  f"{a.load_start}, at end {a.load_end}: the two servers are never loaded at the same time, so "
+  "a 1-minute load above about 2 on these 2 cores means other jobs competed for them. The load "
+  "generator runs on the same cores. The machine is shared: treat ratios as indicative.")
 w(f"- corekv: {a.corekv_version} (release build, default flags: one shard per core, "
   "WAL fdatasync per group commit). etcd: {} (Debian package), single member, default "
   "flags (WAL fsync per commit).".format(a.etcd_version))
