@@ -20,9 +20,9 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use corekv::client::watch::{WatchRequest, WatchStream};
-use corekv::client::{Client, ClientOptions, Tokio};
+use corekv::client::Client;
 
-use crate::target::{ErrorKind, Target};
+use crate::target::{connect_any, AnyClient, ErrorKind, Target};
 
 /// One connection for watch and lease streams.
 #[derive(Clone)]
@@ -34,37 +34,17 @@ pub enum StreamConn {
     Etcd(Box<etcd_client::Client>),
 }
 
-/// Connects to `target` at the first reachable of `endpoints`, with `timeout` per request.
-/// Must run inside a tokio `LocalSet`.
+/// Connects a watch/lease connection (see [`crate::target::connect_any`]).
 pub async fn connect(
     target: Target,
     endpoints: &[String],
     timeout: Duration,
 ) -> Result<StreamConn, String> {
-    match target {
-        Target::Corekv => {
-            let options = ClientOptions {
-                request_timeout: timeout,
-                ..ClientOptions::default()
-            };
-            let client = Client::connect(endpoints, options, Tokio)
-                .await
-                .map_err(|e| format!("connect to corekv at {endpoints:?}: {e}"))?;
-            Ok(StreamConn::Corekv(Rc::new(client)))
-        }
+    Ok(match connect_any(target, endpoints, timeout).await? {
+        AnyClient::Corekv(client) => StreamConn::Corekv(Rc::new(client)),
         #[cfg(feature = "etcd")]
-        Target::Etcd => {
-            let options = etcd_client::ConnectOptions::new()
-                .with_timeout(timeout)
-                .with_connect_timeout(Duration::from_secs(3));
-            let client = etcd_client::Client::connect(endpoints, Some(options))
-                .await
-                .map_err(|e| format!("connect to etcd at {endpoints:?}: {e}"))?;
-            Ok(StreamConn::Etcd(Box::new(client)))
-        }
-        #[cfg(not(feature = "etcd"))]
-        Target::Etcd => Err(Target::parse("etcd").unwrap_err()),
-    }
+        AnyClient::Etcd(client) => StreamConn::Etcd(client),
+    })
 }
 
 /// The watch id of the watcher that opens an etcd stream (etcd-client opens a stream only

@@ -491,9 +491,8 @@ mod tests {
         assert!(from.contains(b"zzz") && !from.contains(b"a"));
     }
 
-    #[test]
-    fn many_watchers_on_one_key_share_one_entry_and_unlink_in_any_order() {
-        let n = 50u32;
+    /// `n` watchers (slots 0..n) all on key "k".
+    fn one_key_index(n: u32) -> (TestSlots, KeyIndex) {
         let mut slots = TestSlots {
             ranges: (0..n).map(|_| KeyRange::new(b"k", b"")).collect(),
             next: vec![NIL; n as usize],
@@ -502,6 +501,13 @@ mod tests {
         for s in 0..n {
             index.insert(&mut slots, s);
         }
+        (slots, index)
+    }
+
+    #[test]
+    fn many_watchers_on_one_key_share_one_entry_and_unlink_in_any_order() {
+        let n = 50u32;
+        let (mut slots, mut index) = one_key_index(n);
         assert_eq!(index.single.len(), 1);
         // Remove heads, tails and middles alike.
         let order: Vec<u32> = (0..n).map(|i| (i * 17) % n).collect();
@@ -522,14 +528,7 @@ mod tests {
         // 100,000 watchers on one key, every other one removed at once, then the rest: one
         // walk of the list per call (removing them one by one walks it per watcher).
         let n = 100_000u32;
-        let mut slots = TestSlots {
-            ranges: (0..n).map(|_| KeyRange::new(b"k", b"")).collect(),
-            next: vec![NIL; n as usize],
-        };
-        let mut index = KeyIndex::new();
-        for s in 0..n {
-            index.insert(&mut slots, s);
-        }
+        let (mut slots, mut index) = one_key_index(n);
         let odd: HashSet<u32> = (0..n).filter(|s| s % 2 == 1).collect();
         index.remove_all(&mut slots, &odd);
         let mut got = Vec::new();
