@@ -133,6 +133,22 @@ fn acknowledged_writes_survive_sigkill() {
 /// write acknowledged before the kill. The new leader's commit index can lag behind entries
 /// acknowledged in its previous life (the commit index is persisted lazily); the read barrier
 /// must wait until the leader has committed an entry of its own term.
+/// A linearizable count of every key and the store revision it was read at.
+fn count_all(srv: &ServerProcess) -> (i64, i64) {
+    with_client(&srv.endpoint(), async move |c| {
+        let (resp, header) = c
+            .range(RangeRequest {
+                key: vec![0],
+                range_end: vec![0],
+                count_only: true,
+                ..RangeRequest::default()
+            })
+            .await
+            .unwrap();
+        (resp.count, header.revision)
+    })
+}
+
 #[test]
 fn linearizable_read_right_after_restart_sees_acknowledged_writes() {
     let rounds = env_u64("COREKV_SERVER_CRASH_ITERS", 4);
@@ -150,18 +166,7 @@ fn linearizable_read_right_after_restart_sees_acknowledged_writes() {
         assert_eq!(written, before + 50, "one revision per put");
         srv.kill();
         srv.start_again(&[]);
-        let (count, revision) = with_client(&srv.endpoint(), async move |c| {
-            let (resp, header) = c
-                .range(RangeRequest {
-                    key: vec![0],
-                    range_end: vec![0],
-                    count_only: true,
-                    ..RangeRequest::default()
-                })
-                .await
-                .unwrap();
-            (resp.count, header.revision)
-        });
+        let (count, revision) = count_all(&srv);
         assert_eq!(
             (count, revision),
             (written, written),
@@ -223,18 +228,7 @@ fn restart_after_wal_segments_were_released() {
         }
         srv.kill();
         srv.start_again(&["--wal-segment-bytes", SEGMENT]);
-        let (count, revision) = with_client(&srv.endpoint(), async move |c| {
-            let (resp, header) = c
-                .range(RangeRequest {
-                    key: vec![0],
-                    range_end: vec![0],
-                    count_only: true,
-                    ..RangeRequest::default()
-                })
-                .await
-                .unwrap();
-            (resp.count, header.revision)
-        });
+        let (count, revision) = count_all(&srv);
         assert_eq!(
             revision, written,
             "round {round}: every acknowledged revision survives"
