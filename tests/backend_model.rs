@@ -82,6 +82,14 @@ const VALUE_THRESHOLDS: &[usize] = &[
     0,
     1,
     PAGE_SIZE / 4,
+    // Inline values beyond a quarter page while the cell stays within 1,543 bytes (7-byte
+    // header + key + value): the edge for empty, 7-byte and 8-byte keys.
+    PAGE_SIZE / 4 + 1,
+    1_400,
+    1_528,
+    1_529,
+    1_536,
+    1_537,
     PAGE_SIZE / 2 - 1,
     PAGE_SIZE / 2,
     PAGE_SIZE - 64,

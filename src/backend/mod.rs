@@ -1073,7 +1073,7 @@ impl TreeMut<'_> {
         let idx = self.idx;
         self.core.guarded(|c| {
             let (mut root, order) = (c.trees[idx].root, c.trees[idx].order);
-            let v = c.make_val(value)?;
+            let v = c.make_val(key, value)?;
             c.put(&mut root, order, key, v)?;
             let t = &mut c.trees[idx];
             t.root = root;

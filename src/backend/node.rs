@@ -18,10 +18,6 @@ use super::{Error, Result, PAGE_SIZE};
 /// refilled from, a sibling.
 pub(crate) const MIN_FILL: usize = USABLE / 4;
 
-/// Largest leaf cell: header, an inline key of [`KEY_INLINE_MAX`] bytes and an inline value
-/// of [`VAL_INLINE_MAX`] bytes.
-pub(crate) const MAX_LEAF_CELL: usize = LEAF_CELL_HDR + KEY_INLINE_MAX + VAL_INLINE_MAX;
-
 /// A dirty branch or leaf page in the on-disk layout.
 ///
 /// Invariants (checked by [`PageBuf::assert_valid`] in debug builds): the buffer is one page;

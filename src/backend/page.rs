@@ -21,11 +21,39 @@ pub(crate) const KIND_FREELIST: u8 = 4;
 
 /// Keys longer than this are stored in an overflow run; the cell keeps only its page id.
 pub(crate) const KEY_INLINE_MAX: usize = 512;
-/// Values longer than this (a quarter page) are stored in an overflow run.
-pub(crate) const VAL_INLINE_MAX: usize = 1024;
+/// Values up to this length (a quarter page) are always stored inline; longer ones are inline
+/// while their cell stays within [`MAX_LEAF_CELL`] (see [`val_inline_max`]).
+pub(crate) const VAL_INLINE_MIN: usize = 1024;
 
 /// Leaf cell header: flags u8, key length u16, value length u32.
 pub(crate) const LEAF_CELL_HDR: usize = 7;
+
+/// Largest leaf cell: header, an inline key of [`KEY_INLINE_MAX`] bytes and an inline value of
+/// [`VAL_INLINE_MIN`] bytes (1,543 bytes), so any leaf holds at least two cells and a two-way
+/// split of a full page plus one cell always fits.
+pub(crate) const MAX_LEAF_CELL: usize = LEAF_CELL_HDR + KEY_INLINE_MAX + VAL_INLINE_MIN;
+// Two largest cells and their 2-byte slots fit one page: every split has room.
+const _: () = assert!(2 * (MAX_LEAF_CELL + 2) <= USABLE);
+
+/// Bytes the key takes in its leaf cell: the key itself, or the 8-byte page id of its overflow run.
+#[inline]
+pub(crate) fn key_part(klen: usize, overflow: bool) -> usize {
+    if overflow {
+        8
+    } else {
+        klen
+    }
+}
+
+/// Longest value stored inline next to a key whose cell part is `key_part` bytes: whatever keeps
+/// the cell within [`MAX_LEAF_CELL`]. A short key leaves room for a longer value (a 1 KiB value
+/// with a few hundred bytes of key and record header stays in the leaf instead of taking a
+/// 4 KiB overflow page of its own); never less than [`VAL_INLINE_MIN`].
+#[inline]
+pub(crate) fn val_inline_max(key_part: usize) -> usize {
+    debug_assert!(key_part <= KEY_INLINE_MAX);
+    MAX_LEAF_CELL - LEAF_CELL_HDR - key_part
+}
 /// Branch cell header: child page id u64, flags u8, key length u16.
 pub(crate) const BRANCH_CELL_HDR: usize = 11;
 /// Cell flag: the key is in an overflow run (cell holds its u64 page id).
@@ -44,8 +72,12 @@ pub(crate) const MAX_DEPTH: usize = 40;
 pub(crate) const MAX_TXID: u64 = 1 << 62;
 /// Meta page magic.
 pub(crate) const META_MAGIC: [u8; 8] = *b"COREKVB\0";
-/// Version of the file format described in FORMAT.md.
-pub(crate) const FORMAT_VERSION: u32 = 1;
+/// Version of the file format described in FORMAT.md, written into every meta page.
+/// Version 2 lets a value longer than 1 KiB stay inline when its key is short (see
+/// [`val_inline_max`]); every version 1 file is a valid version 2 file.
+pub(crate) const FORMAT_VERSION: u32 = 2;
+/// Oldest format version this build opens.
+pub(crate) const OLDEST_FORMAT_VERSION: u32 = 1;
 /// Bytes of the meta page covered by its checksum (the checksum follows them).
 pub(crate) const META_CRC_OFFSET: usize = 56;
 
@@ -198,9 +230,9 @@ impl Meta {
             ));
         }
         let version = rd_u32(p, 8);
-        if version != FORMAT_VERSION {
+        if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(format!(
-                "format version {version}, this build reads {FORMAT_VERSION}"
+                "format version {version}, this build reads {OLDEST_FORMAT_VERSION} to {FORMAT_VERSION}"
             ));
         }
         let ps = rd_u32(p, 12);
@@ -308,6 +340,45 @@ mod tests {
             high_water: 10,
         };
         assert_eq!(Meta::decode(&m.encode()).unwrap(), m);
+    }
+
+    /// Re-encodes `m` as written by format `version` (checksum recomputed).
+    fn encode_version(m: &Meta, version: u32) -> Vec<u8> {
+        let mut p = m.encode();
+        wr_u32(&mut p, 8, version);
+        let crc = crc32fast::hash(&p[..META_CRC_OFFSET]);
+        wr_u32(&mut p, META_CRC_OFFSET, crc);
+        p
+    }
+
+    #[test]
+    fn meta_versions_from_oldest_to_current_open_others_are_refused() {
+        let m = meta(5, 9);
+        for v in OLDEST_FORMAT_VERSION..=FORMAT_VERSION {
+            assert_eq!(
+                Meta::decode(&encode_version(&m, v)).unwrap(),
+                m,
+                "version {v}"
+            );
+        }
+        for v in [0, FORMAT_VERSION + 1] {
+            let err = Meta::decode(&encode_version(&m, v)).unwrap_err();
+            assert!(err.contains(&format!("format version {v}")), "{err}");
+        }
+    }
+
+    #[test]
+    fn inline_value_limit_keeps_every_cell_within_the_largest() {
+        assert_eq!(val_inline_max(KEY_INLINE_MAX), VAL_INLINE_MIN);
+        for klen in [0, 8, 264, KEY_INLINE_MAX] {
+            let kpart = key_part(klen, false);
+            assert_eq!(LEAF_CELL_HDR + kpart + val_inline_max(kpart), MAX_LEAF_CELL);
+        }
+        // A key in an overflow run takes 8 bytes of its cell.
+        assert_eq!(
+            val_inline_max(key_part(KEY_INLINE_MAX + 1, true)),
+            MAX_LEAF_CELL - 15
+        );
     }
 
     #[test]

@@ -223,8 +223,8 @@ pub(crate) fn branch_cell_len(p: &[u8], off: usize) -> usize {
 
 /// Checks the slot array and every cell of a branch or leaf page whose checksum was just
 /// verified: slots fit, every cell lies after the slot array and inside the page, lengths
-/// respect the format's limits (inline parts at most [`KEY_INLINE_MAX`] /
-/// [`VAL_INLINE_MAX`]), and slots plus cells fit in [`USABLE`] bytes. A page that passed is
+/// respect the format's limits (an inline key at most [`KEY_INLINE_MAX`], an inline value at
+/// most [`val_inline_max`] for its key), and slots plus cells fit in [`USABLE`] bytes. A page that passed is
 /// remembered in the verified bitmap, so the accessors below ([`leaf_cell`], [`branch_cell`],
 /// ...) index without re-validating: on such a page they cannot go out of bounds.
 pub(crate) fn validate_node(p: &[u8], leaf: bool) -> std::result::Result<(), String> {
@@ -258,7 +258,7 @@ pub(crate) fn validate_node(p: &[u8], leaf: bool) -> std::result::Result<(), Str
         let len = if leaf {
             let vlen = rd_u32(p, off + 3) as usize;
             let vovf = p[off] & FLAG_VAL_OVF != 0;
-            if vlen > MAX_VALUE_SIZE || (!vovf && vlen > VAL_INLINE_MAX) {
+            if vlen > MAX_VALUE_SIZE || (!vovf && vlen > val_inline_max(key_part(klen, kovf))) {
                 return Err(format!(
                     "page {id}: cell {i} value length {vlen} exceeds its limit"
                 ));

@@ -14,9 +14,7 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use super::freelist::{Freelist, MAX_FREELIST_SEGMENTS, REMOVE_FLAG, SEG_HDR};
-use super::node::{
-    branch_cell_bytes, split_points, write_leaf_cell, PageBuf, MAX_LEAF_CELL, MIN_FILL,
-};
+use super::node::{branch_cell_bytes, split_points, write_leaf_cell, PageBuf, MIN_FILL};
 use super::page::*;
 use super::readers::Snap;
 use super::view::{self, Loc, Resolve, View};
@@ -330,9 +328,11 @@ impl TxnCore {
         }
     }
 
-    /// Where a new value is stored: inline, or in a new overflow run of its own if long.
-    pub(crate) fn make_val<'v>(&mut self, bytes: &'v [u8]) -> Result<Loc<'v>> {
-        if bytes.len() > VAL_INLINE_MAX {
+    /// Where a new value for `key` is stored: inline, or in a new overflow run of its own if
+    /// its cell would exceed [`MAX_LEAF_CELL`] (the key is stored as [`Self::make_key`] decides).
+    pub(crate) fn make_val<'v>(&mut self, key: &[u8], bytes: &'v [u8]) -> Result<Loc<'v>> {
+        let kpart = key_part(key.len(), key.len() > KEY_INLINE_MAX);
+        if bytes.len() > val_inline_max(kpart) {
             Ok(Loc::Ovf(self.alloc_run(bytes)?, bytes.len()))
         } else {
             Ok(Loc::Inline(bytes))
@@ -1048,7 +1048,7 @@ impl TxnCore {
                 self.del(&mut croot, KeyOrder::Bytewise, &name)?;
             } else {
                 let desc = encode_desc(root, order);
-                let v = self.make_val(&desc)?;
+                let v = self.make_val(&name, &desc)?;
                 self.put(&mut croot, KeyOrder::Bytewise, &name, v)?;
             }
         }
