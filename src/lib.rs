@@ -9,6 +9,7 @@ pub mod backend;
 pub mod client;
 pub mod lease;
 pub mod log;
+pub mod maintenance;
 pub mod mvcc;
 pub mod net;
 pub mod raft;

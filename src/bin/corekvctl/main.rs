@@ -6,6 +6,7 @@
 //! first connection is made, so a malformed command never reaches the server.
 
 mod lease;
+mod offline;
 mod output;
 mod requests;
 mod txn_input;
@@ -124,6 +125,12 @@ enum Command {
     /// Lease commands: grant, revoke, keep-alive, timetolive, list.
     #[command(subcommand)]
     Lease(lease::LeaseCommand),
+    /// Give the free space of a stopped member's backend file back to the file system
+    /// (offline: the server must not be running on --data-dir).
+    Defrag(offline::DefragArgs),
+    /// Offline checks of a stopped member's data dir.
+    #[command(subcommand)]
+    Check(offline::CheckCommand),
 }
 
 #[derive(Args, Debug)]
@@ -229,6 +236,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Endpoint(_) => "endpoint",
         Command::Watch(_) => "watch",
         Command::Lease(_) => "lease",
+        Command::Defrag(_) => "defrag",
+        Command::Check(_) => "check",
     };
     // etcdctl renders tables only for the endpoint commands; `compaction` prints its one
     // line whatever the format.
@@ -239,16 +248,30 @@ fn run(cli: Cli) -> Result<(), Failure> {
             format!("table is not supported as output format for {name}"),
         ));
     }
-    let prepared = prepare(cli.command, format)?;
+    let work = match cli.command {
+        Command::Defrag(args) => Work::Offline(offline::OfflineOp::defrag(args)),
+        Command::Check(cmd) => Work::Offline(offline::OfflineOp::check(cmd)),
+        command => Work::Online(prepare(command, format)?),
+    };
     let options = ClientOptions {
         request_timeout: cli.command_timeout,
         connect_timeout: cli.dial_timeout,
     };
-    let endpoints = cli.endpoints;
     let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .make()
         .map_err(|e| Failure::new(exit::ERROR, format!("cannot start the I/O executor: {e}")))?;
-    executor.run(execute(prepared, endpoints, options, format, simple))
+    match work {
+        Work::Online(prepared) => {
+            executor.run(execute(prepared, cli.endpoints, options, format, simple))
+        }
+        Work::Offline(op) => executor.run(offline::run(op, format)),
+    }
+}
+
+/// What a command needs: a server, or only a data dir.
+enum Work {
+    Online(Prepared),
+    Offline(offline::OfflineOp),
 }
 
 fn prepare(command: Command, format: Format) -> Result<Prepared, Failure> {
@@ -293,6 +316,12 @@ fn prepare(command: Command, format: Format) -> Result<Prepared, Failure> {
         Command::Endpoint(EndpointCommand::Health) => Prepared::Health,
         Command::Watch(args) => Prepared::Watch(watch::watch_request(&args)?),
         Command::Lease(cmd) => Prepared::Lease(lease::prepare(cmd)?),
+        Command::Defrag(_) | Command::Check(_) => {
+            return Err(Failure::new(
+                exit::BAD_ARGS,
+                "defrag and check work on a data dir, not through a server",
+            ))
+        }
     })
 }
 
