@@ -220,6 +220,9 @@ impl RaftShard {
         let reader = backend.reader();
         let mut applier = Applier::new(backend, config.limits.clone(), config.quota_backend_bytes)
             .map_err(|e| format!("read backend state: {e}"))?;
+        applier.set_writeback(crate::server::applier::Writeback::start(
+            &config.data_dir.join(BACKEND_FILE),
+        )?);
         if let Some(fan_out) = config.watch.clone() {
             applier.set_watch_fan_out(fan_out);
         }
@@ -628,6 +631,8 @@ impl RaftShard {
                 let _ = reply.send(out);
             }
         }
+        // After the replies: the writeback thread's wake-up must not delay them.
+        self.applier.start_writeback();
         let applied = self.applier.applied_index();
         if let Some(commit) = self.read_commit_index() {
             for (waiting_for, _) in &mut self.read_waiters {
