@@ -233,7 +233,7 @@ impl Applier {
                             let e = Error::new(
                                 ErrorCode::NoSpace,
                                 format!(
-                                    "database space exceeded: backend uses more than --quota-backend-bytes ({} bytes); compact and defragment, or raise the quota",
+                                    "database space exceeded: backend pages in use exceed --quota-backend-bytes ({} bytes); free pages with `corekvctl compaction REV --physical` or by deleting keys, or raise the quota (`corekvctl defrag --data-dir` on a stopped member shrinks the file)",
                                     self.quota_bytes
                                 ),
                             );
