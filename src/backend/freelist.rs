@@ -88,9 +88,9 @@ pub(crate) fn load_chain(v: &View<'_>, head: u64, pages: u64) -> Result<Chain> {
 
 /// Extents `(start page, page count)`, kept sorted and coalesced.
 ///
-/// The reusable set is a sorted `VecDeque` rather than a tree: the write transaction works on
-/// a copy (so an aborted transaction leaves the freelist untouched), and copying it is a
-/// memcpy; every publish serialises the whole list anyway. A deque because single pages are
+/// The reusable set is a sorted `VecDeque` rather than a tree: the write transaction takes it
+/// over (and an aborted one rolls its changes back from a log, see `TxnCore::abort_freelist`),
+/// and a compacting publish serialises the whole list. A deque because single pages are
 /// allocated from the front (lowest page first): with thousands of one-page extents (the
 /// pages of earlier random-key commits) each allocation is O(1), not a shift of the whole
 /// list. [`Freelist::release`] merges a whole batch of extents in one linear pass.
@@ -183,6 +183,17 @@ impl Freelist {
         debug_assert!(len > 0);
         self.pending.entry(txid).or_default().push((start, len));
         self.pending_pages += len;
+    }
+
+    /// Forgets every extent recorded pending for transaction `txid` (an aborted transaction's
+    /// frees); returns how many pages that was.
+    pub(crate) fn drop_pending(&mut self, txid: u64) -> u64 {
+        let n: u64 = self
+            .pending
+            .remove(&txid)
+            .map_or(0, |v| v.iter().map(|&(_, n)| n).sum());
+        self.pending_pages -= n;
+        n
     }
 
     /// Moves every extent freed by a transaction `<= upto` to the reusable set.

@@ -24,8 +24,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
 
-use futures::stream::{FuturesUnordered, StreamExt};
-
 mod check;
 mod freelist;
 mod node;
@@ -206,8 +204,12 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// up to this size).
 pub const MAX_WRITE_BYTES: usize = 1 << 20;
 
-/// Most page writes one publish keeps in flight at once.
-pub const MAX_INFLIGHT_WRITES: usize = 64;
+/// Most page buffers handed to one `pwritev` when publishing (below Linux's `IOV_MAX`, 1024).
+pub const MAX_WRITE_IOVECS: usize = 1024;
+
+/// Publish yields to the executor's scheduler (if other tasks wait) after writing this many
+/// pages, so a large publish does not hold the thread for its whole copy.
+pub const PUBLISH_YIELD_PAGES: u64 = 256;
 
 /// During [`Backend::compact_into`], the copy is published and synced whenever its write
 /// transaction holds this many dirty pages, bounding memory.
@@ -229,7 +231,12 @@ pub(crate) struct Shared {
 /// The writer's private state between transactions.
 struct WriterState {
     published: Snap,
+    /// The freelist as of `published`; an open write transaction holds it (this is then an
+    /// empty placeholder) and hands it back when it publishes or is dropped.
     freelist: Freelist,
+    /// Free plus pending pages as of `published` (valid while a transaction holds the
+    /// freelist).
+    free_total: u64,
     /// The persisted freelist chain of `published` (segments oldest first, record count).
     chain: Vec<(u64, u64)>,
     chain_records: u64,
@@ -244,6 +251,9 @@ pub struct Backend {
     options: Options,
     max_pages: u64,
     state: RefCell<WriterState>,
+    /// Page buffers of earlier transactions, for the next one to reuse (at most
+    /// `MAX_SPARE_PAGES`; see there why).
+    spare: RefCell<Vec<Box<[u8]>>>,
     writer_busy: Cell<bool>,
     sync_lock: glommio::sync::Semaphore,
 }
@@ -548,12 +558,14 @@ impl Backend {
             max_pages,
             state: RefCell::new(WriterState {
                 published: snap,
+                free_total: chain.set.free_pages() + chain.set.pending_pages(),
                 freelist: chain.set,
                 chain: chain.segments,
                 chain_records: chain.records,
                 durable_slot: slot,
                 file_len: len,
             }),
+            spare: RefCell::new(Vec::new()),
             writer_busy: Cell::new(false),
             sync_lock: glommio::sync::Semaphore::new(1),
         })
@@ -585,17 +597,26 @@ impl Backend {
             .load(SeqCst)
             .min(self.shared.reg.oldest_pinned());
         st.freelist.release(limit);
+        debug_assert_eq!(
+            st.freelist.free_pages() + st.freelist.pending_pages(),
+            st.free_total
+        );
+        // Taken, not cloned (a clone per transaction was ~3% of a server put's CPU); the
+        // transaction rolls its changes back if it does not publish (`WriteTxn::drop`).
+        let freelist = std::mem::take(&mut st.freelist);
         let core = TxnCore::new(
             self.shared.clone(),
             st.published,
-            st.freelist.clone(),
+            freelist,
             (st.chain.clone(), st.chain_records),
             self.max_pages,
+            std::mem::take(&mut *self.spare.borrow_mut()),
         );
         self.writer_busy.set(true);
         Ok(WriteTxn {
             backend: self,
             core,
+            freelist_returned: false,
             _busy: BusyGuard(&self.writer_busy),
         })
     }
@@ -707,7 +728,7 @@ impl Backend {
     /// not), which is what [`Backend::check`] reports as reachable.
     pub fn stats(&self) -> Stats {
         let st = self.state.borrow();
-        let free = st.freelist.free_pages() + st.freelist.pending_pages();
+        let free = st.free_total;
         Stats {
             file_size: st.file_len,
             in_use_bytes: (st.published.high_water - FIRST_DATA_PAGE - free) * PAGE_SIZE as u64,
@@ -740,52 +761,117 @@ impl Backend {
         Ok(())
     }
 
-    /// Seals and writes a transaction's dirty pages (sorted by id): contiguous ones coalesced
-    /// into one `write_at` (at most [`MAX_WRITE_BYTES`]), up to [`MAX_INFLIGHT_WRITES`] writes
-    /// in flight.
+    /// Seals and writes a transaction's dirty pages (sorted by id): each run of contiguous
+    /// pages (at most [`MAX_WRITE_BYTES`] and [`MAX_WRITE_IOVECS`] pages) with one `pwritev`
+    /// straight from the page buffers (no coalescing copy), on this thread.
     ///
-    /// ext4 cannot do a buffered write without blocking, so io_uring hands every write to an
-    /// io-wq worker, and it runs the writes of one file one after another: that worker's
-    /// copying is what a large publish waits for. So pages are sealed (checksummed) and
-    /// coalesced only when a write slot is free, while the worker copies the writes already
-    /// submitted, instead of all before the first write; and a finished write is replaced at
-    /// once (a sliding window, not batches), so the worker never waits for this thread.
-    /// `FuturesUnordered` polls only the writes that completed: polling every pending write
-    /// on each wake-up makes glommio keep one more waker per pending write per poll, which
-    /// overflows its 16-bit task reference count with a few hundred writes in flight.
-    async fn write_pages(&self, pages: Vec<DirtyPage>, txid: u64) -> Result<()> {
-        let mut pages = pages.into_iter().peekable();
-        let mut next_write = || -> Option<(u64, Vec<u8>)> {
-            let mut first = pages.next()?;
-            first.seal(txid);
-            let start = first.id;
-            let mut end = start + first.pages();
-            let mut buf = first.buf;
-            while let Some(p) = pages.peek() {
-                if p.id != end || buf.len() >= MAX_WRITE_BYTES {
-                    break;
+    /// Why not io_uring: ext4 cannot do a buffered write without blocking, so io_uring hands
+    /// every write to an io-wq worker, which runs the writes of one file one at a time, ~4 µs
+    /// per scattered 4 KiB page (hand-off, wake-up, completion), while a plain `pwrite` of the
+    /// same page costs ~1.5 µs of CPU (`perf/backend.md`, measured). The pages written here
+    /// are free pages (the reuse rule: nothing durable or pinned reaches them) or new ones
+    /// beyond the old high water, so they are clean in the page cache and the copy rarely
+    /// waits for the disk. To bound how long other tasks on this executor wait, publish
+    /// yields to the scheduler (if it wants the thread) every [`PUBLISH_YIELD_PAGES`] pages.
+    async fn write_pages(&self, pages: &mut [DirtyPage], txid: u64) -> Result<()> {
+        let fd = self.file.as_raw_fd();
+        let (mut i, mut since_yield) = (0, 0);
+        while i < pages.len() {
+            let start = pages[i].id;
+            let (mut end, mut bytes, mut j) = (start, 0, i);
+            while j < pages.len()
+                && pages[j].id == end
+                && j - i < MAX_WRITE_IOVECS
+                && (j == i || bytes + pages[j].buf.len() <= MAX_WRITE_BYTES)
+            {
+                pages[j].seal(txid);
+                end += pages[j].pages();
+                bytes += pages[j].buf.len();
+                j += 1;
+            }
+            pwritev_all(
+                fd,
+                &pages[i..j],
+                start * PAGE_SIZE as u64,
+                &self.shared.path,
+            )?;
+            since_yield += end - start;
+            if since_yield >= PUBLISH_YIELD_PAGES {
+                glommio::yield_if_needed().await;
+                since_yield = 0;
+            }
+            i = j;
+        }
+        Ok(())
+    }
+}
+
+/// Writes the buffers of `pages` back to back at byte `pos` of `fd` with `pwritev`, resuming
+/// after short writes and `EINTR`. `path` names the file in errors.
+fn pwritev_all(fd: libc::c_int, pages: &[DirtyPage], pos: u64, path: &Path) -> Result<()> {
+    debug_assert!(!pages.is_empty() && pages.len() <= MAX_WRITE_IOVECS);
+    let bufs: Vec<&[u8]> = pages.iter().map(|p| p.buf.as_slice()).collect();
+    let total: usize = bufs.iter().map(|b| b.len()).sum();
+    let ctx = || {
+        format!(
+            "writing {total} bytes at offset {pos} of {}",
+            path.display()
+        )
+    };
+    let (mut first, mut skip, mut done) = (0, 0, 0);
+    while done < total {
+        let iov: Vec<libc::iovec> = bufs[first..]
+            .iter()
+            .enumerate()
+            .map(|(k, b)| {
+                let b = if k == 0 { &b[skip..] } else { b };
+                libc::iovec {
+                    iov_base: b.as_ptr() as *mut libc::c_void,
+                    iov_len: b.len(),
                 }
-                let mut p = pages.next().expect("peeked");
-                p.seal(txid);
-                end += p.pages();
-                buf.extend_from_slice(&p.buf);
-            }
-            Some((start * PAGE_SIZE as u64, buf))
+            })
+            .collect();
+        // SAFETY: every iovec points into a live borrowed slice of its stated length, and
+        // pwritev only reads from them.
+        let n = unsafe {
+            libc::pwritev(
+                fd,
+                iov.as_ptr(),
+                iov.len() as libc::c_int,
+                (pos + done as u64) as libc::off_t,
+            )
         };
-        let mut inflight = FuturesUnordered::new();
-        loop {
-            while inflight.len() < MAX_INFLIGHT_WRITES {
-                let Some((pos, buf)) = next_write() else {
-                    break;
-                };
-                inflight.push(write_all(&self.file, buf, pos, &self.shared.path));
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
             }
-            match inflight.next().await {
-                Some(r) => r?,
-                None => return Ok(()),
+            return Err(Error::io(ctx(), e));
+        }
+        if n == 0 {
+            return Err(Error::io(
+                ctx(),
+                std::io::Error::new(
+                    std::io::ErrorKind::WriteZero,
+                    format!("short write: {done} of {total} bytes (disk full?)"),
+                ),
+            ));
+        }
+        done += n as usize;
+        let mut n = n as usize;
+        while n > 0 {
+            let left = bufs[first].len() - skip;
+            if n >= left {
+                n -= left;
+                first += 1;
+                skip = 0;
+            } else {
+                skip += n;
+                n = 0;
             }
         }
     }
+    Ok(())
 }
 
 impl Reader {
@@ -940,7 +1026,22 @@ impl Drop for BusyGuard<'_> {
 pub struct WriteTxn<'b> {
     backend: &'b Backend,
     core: TxnCore,
+    /// Set once a publish handed the freelist back to the backend; until then dropping the
+    /// transaction rolls the freelist back and returns it.
+    freelist_returned: bool,
     _busy: BusyGuard<'b>,
+}
+
+impl Drop for WriteTxn<'_> {
+    fn drop(&mut self) {
+        *self.backend.spare.borrow_mut() = self.core.take_spare();
+        if !self.freelist_returned {
+            let fl = self.core.abort_freelist();
+            let mut st = self.backend.state.borrow_mut();
+            debug_assert_eq!(fl.free_pages() + fl.pending_pages(), st.free_total);
+            st.freelist = fl;
+        }
+    }
 }
 
 impl<'b> WriteTxn<'b> {
@@ -1017,17 +1118,17 @@ impl<'b> WriteTxn<'b> {
     /// Makes this transaction visible to new readers (no fsync). Returns its txid, which is
     /// always above every earlier one (a transaction that changed nothing writes no page but
     /// still gets a new txid).
-    pub async fn publish(self) -> Result<u64> {
-        let WriteTxn {
-            backend,
-            mut core,
-            _busy,
-        } = self;
+    pub async fn publish(mut self) -> Result<u64> {
+        // On any error below, `drop` rolls the freelist back: nothing written here is
+        // reachable from a published or durable snapshot.
+        let backend = self.backend;
+        let core = &mut self.core;
         core.check_poison()?;
         let snap = if core.is_dirty() {
-            let (pages, snap) = core.prepare_commit()?;
+            let (mut pages, snap) = core.prepare_commit()?;
             backend.ensure_len(snap.high_water)?;
-            backend.write_pages(pages, snap.txid).await?;
+            backend.write_pages(&mut pages, snap.txid).await?;
+            core.keep_spare(pages);
             snap
         } else {
             // Nothing changed: a new txid over the same pages (nothing to write).
@@ -1040,9 +1141,11 @@ impl<'b> WriteTxn<'b> {
         backend.shared.reg.publish(snap);
         let mut st = backend.state.borrow_mut();
         st.published = snap;
-        st.freelist = core.freelist;
-        st.chain = core.chain;
+        st.freelist = core.commit_freelist();
+        st.free_total = st.freelist.free_pages() + st.freelist.pending_pages();
+        st.chain = std::mem::take(&mut core.chain);
         st.chain_records = core.chain_records;
+        self.freelist_returned = true;
         Ok(snap.txid)
     }
 }

@@ -112,9 +112,17 @@ impl PageBuf {
 
     /// A copy of the verified (checksum and cell directory, see [`view::validate_node`])
     /// clean page `p`, ready to edit.
+    #[cfg(test)]
     pub(crate) fn from_page(p: &[u8]) -> PageBuf {
+        Self::from_page_in(vec![0u8; PAGE_SIZE].into_boxed_slice(), p)
+    }
+
+    /// Like [`Self::from_page`], copying into `b` (a page-sized buffer whose old bytes do not
+    /// matter) instead of a new allocation.
+    pub(crate) fn from_page_in(mut b: Box<[u8]>, p: &[u8]) -> PageBuf {
         debug_assert_eq!(p.len(), PAGE_SIZE);
-        let b: Box<[u8]> = p.into();
+        debug_assert_eq!(b.len(), PAGE_SIZE);
+        b.copy_from_slice(p);
         let mut pb = PageBuf {
             b,
             top: PAGE_SIZE,

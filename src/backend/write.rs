@@ -23,9 +23,12 @@ use super::{Error, KeyOrder, Result, Shared, PAGE_SIZE};
 /// Most pages one write transaction may hold in memory before publish (1 GiB).
 pub const MAX_TXN_DIRTY_PAGES: u64 = (1 << 30) / PAGE_SIZE as u64;
 
-/// Most spare page buffers a write transaction keeps for reuse (pages it split, merged or
-/// freed), so building split pages needs no allocation or zeroing.
-const MAX_SPARE_PAGES: usize = 64;
+/// Most spare page buffers kept for reuse (32 MiB): buffers of pages a transaction split,
+/// merged or freed, and the buffers of the pages the previous publish wrote, so copying a
+/// page or building a split page needs no allocation or zeroing. Without the hand-over
+/// between transactions, glibc returns the freed heap top to the kernel after each large
+/// publish and the next transaction page-faults it back in (~1 fault per page written).
+pub(crate) const MAX_SPARE_PAGES: usize = 8192;
 
 /// Size of a tree descriptor (the catalog value): root u64, order u8, 7 reserved bytes.
 pub(crate) const TREE_DESC_SIZE: usize = 16;
@@ -152,6 +155,10 @@ pub(crate) struct TxnCore {
     delta: Vec<(u64, u64, bool)>,
     pub trees: Vec<TreeState>,
     poison: Option<Error>,
+    /// Changes to `freelist`'s reusable set, in order, so an aborted transaction can roll
+    /// them back instead of every transaction working on a copy: (start, len, true) = taken
+    /// out by an allocation, false = put back by freeing a page this transaction allocated.
+    undo: Vec<(u64, u64, bool)>,
     /// Clean pages (run heads) this transaction freed, to catch a page referenced twice.
     freed_now: std::collections::HashSet<u64, std::hash::BuildHasherDefault<PageIdHasher>>,
 }
@@ -161,14 +168,17 @@ fn internal(msg: &str) -> Error {
 }
 
 impl TxnCore {
-    /// A transaction on top of snapshot `base`, allocating from `freelist`.
+    /// A transaction on top of snapshot `base`, allocating from `freelist`, taking new page
+    /// buffers from `spare` (page-sized; their old bytes do not matter) before allocating.
     pub(crate) fn new(
         shared: Arc<Shared>,
         base: Snap,
         freelist: Freelist,
         chain: (Vec<(u64, u64)>, u64),
         max_pages: u64,
+        spare: Vec<Box<[u8]>>,
     ) -> TxnCore {
+        debug_assert!(spare.iter().all(|b| b.len() == PAGE_SIZE));
         TxnCore {
             shared,
             txid: base.txid + 1,
@@ -177,17 +187,41 @@ impl TxnCore {
             max_pages,
             freelist,
             nodes: PageMap::default(),
-            spare: Vec::new(),
+            spare,
             runs: PageMap::default(),
             dirty_pages: 0,
             catalog_root: base.catalog_root,
             chain: chain.0,
             chain_records: chain.1,
             delta: Vec::new(),
+            undo: Vec::new(),
             trees: Vec::new(),
             poison: None,
             freed_now: Default::default(),
         }
+    }
+
+    /// Hands the freelist back as it was before this transaction: every change to the
+    /// reusable set undone in reverse order, every page it recorded pending forgotten. For a
+    /// transaction that is dropped or whose publish failed (nothing it wrote is reachable).
+    pub(crate) fn abort_freelist(&mut self) -> Freelist {
+        let mut fl = std::mem::take(&mut self.freelist);
+        for (pg, n, taken) in self.undo.drain(..).rev() {
+            let ok = if taken {
+                fl.insert_free(pg, n)
+            } else {
+                fl.remove_range(pg, n)
+            };
+            debug_assert!(ok, "freelist rollback of {pg}+{n} (taken: {taken}) failed");
+        }
+        fl.drop_pending(self.txid);
+        fl
+    }
+
+    /// Hands the freelist over as this (published) transaction left it.
+    pub(crate) fn commit_freelist(&mut self) -> Freelist {
+        self.undo.clear();
+        std::mem::take(&mut self.freelist)
     }
 
     /// Clean pages of the base snapshot.
@@ -237,6 +271,7 @@ impl TxnCore {
         let pg = match self.freelist.alloc(n) {
             Some(pg) => {
                 self.delta.push((pg, n, false));
+                self.undo.push((pg, n, true));
                 pg
             }
             None => {
@@ -290,6 +325,9 @@ impl TxnCore {
         self.dirty_pages -= n;
         let fresh = self.freelist.insert_free(pg, n);
         debug_assert!(fresh, "dirty page {pg} released twice");
+        if fresh {
+            self.undo.push((pg, n, false));
+        }
         self.delta.push((pg, n, true));
     }
 
@@ -364,11 +402,29 @@ impl TxnCore {
         if self.nodes.contains_key(&pg) {
             return Ok(pg);
         }
-        let copy = PageBuf::from_page(view::node_page(&self.view(), pg)?.0);
+        let b = self.new_buf();
+        let copy = PageBuf::from_page_in(b, view::node_page(&self.view(), pg)?.0);
         self.free(pg, 1)?;
         let id = self.alloc(1)?;
         self.nodes.insert(id, copy);
         Ok(id)
+    }
+
+    /// The unused spare page buffers (for the next transaction).
+    pub(crate) fn take_spare(&mut self) -> Vec<Box<[u8]>> {
+        std::mem::take(&mut self.spare)
+    }
+
+    /// Keeps the single-page buffers of written pages as spares (up to [`MAX_SPARE_PAGES`]).
+    pub(crate) fn keep_spare(&mut self, pages: Vec<DirtyPage>) {
+        for p in pages {
+            if self.spare.len() >= MAX_SPARE_PAGES {
+                break;
+            }
+            if p.buf.len() == PAGE_SIZE && p.buf.capacity() == PAGE_SIZE {
+                self.spare.push(p.buf.into_boxed_slice());
+            }
+        }
     }
 
     /// A page-sized buffer for a new page: a spare one, or a new zeroed one.
