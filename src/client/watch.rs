@@ -42,8 +42,10 @@ struct Shared {
     /// at most one).
     producers: Vec<Waker>,
     /// The sink is gone (the server released it or the connection ended): after the queued
-    /// responses the stream ends.
+    /// responses (and those of sink calls still delivering) the stream ends.
     ended: bool,
+    /// Sink calls whose responses are not queued yet (see [`Delivering`]).
+    delivering: usize,
     /// The consumer dropped the stream: responses are discarded.
     closed: bool,
 }
@@ -92,15 +94,20 @@ impl Sink {
         &self,
         decoded: Vec<Result<WatchResponse>>,
     ) -> impl Future<Output = std::result::Result<(), capnp::Error>> + 'static {
-        let queue = self.queue.clone();
+        let mut guard = Delivering::new(self.queue.clone());
         let mut decoded = Some(decoded);
         std::future::poll_fn(move |cx| {
+            let queue = guard.queue.clone();
             let mut q = queue.borrow_mut();
             if q.closed {
+                drop(q);
+                guard.finish();
                 return Poll::Ready(Ok(())); // the consumer dropped the stream
             }
             if q.items.len() >= WATCH_CLIENT_QUEUE {
-                q.producers.push(cx.waker().clone());
+                if !q.producers.iter().any(|w| w.will_wake(cx.waker())) {
+                    q.producers.push(cx.waker().clone());
+                }
                 return Poll::Pending;
             }
             let items = decoded.take().unwrap_or_default();
@@ -108,10 +115,48 @@ impl Sink {
                 q.items.extend(items);
                 q.wake_consumer();
             }
+            drop(q);
+            guard.finish();
             Poll::Ready(Ok(()))
         })
     }
 }
+
+/// Counts a sink call whose responses are not yet queued: the stream does not end (even if
+/// the sink itself is already released) while one is pending, so no response is lost. It
+/// stops counting when the call has queued its responses or is dropped unfinished.
+struct Delivering {
+    queue: Rc<RefCell<Shared>>,
+    counted: bool,
+}
+
+impl Delivering {
+    fn new(queue: Rc<RefCell<Shared>>) -> Delivering {
+        queue.borrow_mut().delivering += 1;
+        Delivering {
+            queue,
+            counted: true,
+        }
+    }
+
+    fn finish(&mut self) {
+        if std::mem::replace(&mut self.counted, false) {
+            let mut q = self.queue.borrow_mut();
+            debug_assert!(q.delivering > 0);
+            q.delivering -= 1;
+            if q.delivering == 0 && q.ended {
+                q.wake_consumer();
+            }
+        }
+    }
+}
+
+impl Drop for Delivering {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
 impl watch_sink::Server for Sink {
     fn send(
         self: Rc<Self>,
@@ -278,21 +323,27 @@ impl WatchStream {
     }
 
     fn poll_take(&self, cx: &mut Context<'_>) -> Poll<Option<Result<WatchResponse>>> {
-        let mut q = self.queue.borrow_mut();
-        match q.items.pop_front() {
-            Some(r) => {
-                if q.items.len() < WATCH_CLIENT_QUEUE {
-                    for w in q.producers.drain(..) {
-                        w.wake();
-                    }
+        poll_take(&self.queue, cx)
+    }
+}
+
+/// Takes the next queued response, waking a sink call waiting for room once there is some;
+/// `None` once the sink is gone and everything it delivered has been taken.
+fn poll_take(queue: &RefCell<Shared>, cx: &mut Context<'_>) -> Poll<Option<Result<WatchResponse>>> {
+    let mut q = queue.borrow_mut();
+    match q.items.pop_front() {
+        Some(r) => {
+            if q.items.len() < WATCH_CLIENT_QUEUE {
+                for w in q.producers.drain(..) {
+                    w.wake();
                 }
-                Poll::Ready(Some(r))
             }
-            None if q.ended => Poll::Ready(None),
-            None => {
-                q.consumer = Some(cx.waker().clone());
-                Poll::Pending
-            }
+            Poll::Ready(Some(r))
+        }
+        None if q.ended && q.delivering == 0 => Poll::Ready(None),
+        None => {
+            q.consumer = Some(cx.waker().clone());
+            Poll::Pending
         }
     }
 }
@@ -301,5 +352,130 @@ impl futures::Stream for WatchStream {
     type Item = Result<WatchResponse>;
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.poll_take(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(watch_id: i64) -> Result<WatchResponse> {
+        Ok(WatchResponse {
+            watch_id,
+            ..WatchResponse::default()
+        })
+    }
+
+    fn ids(n: std::ops::Range<i64>) -> Vec<Result<WatchResponse>> {
+        n.map(response).collect()
+    }
+
+    #[test]
+    fn a_call_waits_for_room_and_then_arrives_whole_and_in_order() {
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let queue = Rc::new(RefCell::new(Shared::default()));
+        let sink = Sink {
+            queue: queue.clone(),
+        };
+        let first = WATCH_CLIENT_QUEUE as i64;
+        let mut call = std::pin::pin!(sink.deliver(ids(0..first)));
+        assert!(
+            call.as_mut().poll(&mut cx).is_ready(),
+            "room: taken at once"
+        );
+        let mut call = std::pin::pin!(sink.deliver(ids(first..first + 10)));
+        assert!(
+            call.as_mut().poll(&mut cx).is_pending(),
+            "full: the call waits"
+        );
+        assert!(call.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(
+            queue.borrow().producers.len(),
+            1,
+            "one waker per waiting call"
+        );
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            match poll_take(&queue, &mut cx) {
+                Poll::Ready(Some(Ok(r))) => seen.push(r.watch_id),
+                other => panic!("expected a response, got {other:?}"),
+            }
+        }
+        assert!(
+            call.as_mut().poll(&mut cx).is_ready(),
+            "room again: delivered"
+        );
+        assert!(queue.borrow().items.len() <= WATCH_CLIENT_QUEUE + 10);
+        while let Poll::Ready(Some(Ok(r))) = poll_take(&queue, &mut cx) {
+            seen.push(r.watch_id);
+        }
+        assert_eq!(seen, (0..first + 10).collect::<Vec<_>>());
+        assert!(
+            poll_take(&queue, &mut cx).is_pending(),
+            "sink alive: no end"
+        );
+    }
+
+    #[test]
+    fn the_stream_ends_only_after_a_released_sinks_pending_call_delivered() {
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let queue = Rc::new(RefCell::new(Shared::default()));
+        let sink = Sink {
+            queue: queue.clone(),
+        };
+        let full = WATCH_CLIENT_QUEUE as i64;
+        let mut call = std::pin::pin!(sink.deliver(ids(0..full)));
+        assert!(call.as_mut().poll(&mut cx).is_ready());
+        let mut late = std::pin::pin!(sink.deliver(ids(full..full + 3)));
+        assert!(late.as_mut().poll(&mut cx).is_pending());
+        drop(sink); // released by the server while its last call still waits for room
+        let mut n = 0;
+        loop {
+            match poll_take(&queue, &mut cx) {
+                Poll::Ready(Some(Ok(r))) => {
+                    assert_eq!(r.watch_id, n);
+                    n += 1;
+                }
+                Poll::Ready(None) => panic!("ended after {n} with a call still pending"),
+                Poll::Ready(Some(Err(e))) => panic!("{e}"),
+                Poll::Pending => {
+                    assert!(late.as_mut().poll(&mut cx).is_ready());
+                }
+            }
+            if n == full + 3 {
+                break;
+            }
+        }
+        assert!(matches!(poll_take(&queue, &mut cx), Poll::Ready(None)));
+    }
+
+    #[test]
+    fn a_dropped_consumer_discards_and_never_blocks_the_sink() {
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let queue = Rc::new(RefCell::new(Shared::default()));
+        let sink = Sink {
+            queue: queue.clone(),
+        };
+        let full = WATCH_CLIENT_QUEUE as i64;
+        let mut call = std::pin::pin!(sink.deliver(ids(0..full)));
+        assert!(call.as_mut().poll(&mut cx).is_ready());
+        let mut waiting = std::pin::pin!(sink.deliver(ids(full..full + 1)));
+        assert!(waiting.as_mut().poll(&mut cx).is_pending());
+        // What `WatchStream`'s Drop does.
+        {
+            let mut q = queue.borrow_mut();
+            q.closed = true;
+            q.items.clear();
+            for w in q.producers.drain(..) {
+                w.wake();
+            }
+        }
+        assert!(waiting.as_mut().poll(&mut cx).is_ready());
+        let mut more = std::pin::pin!(sink.deliver(ids(0..1000)));
+        assert!(more.as_mut().poll(&mut cx).is_ready());
+        assert!(queue.borrow().items.is_empty(), "nothing kept for nobody");
     }
 }
