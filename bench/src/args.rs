@@ -176,6 +176,7 @@ fn describe(flag: &str) -> &'static str {
         "--puts" => "N   puts, one at a time, each waiting for all its events (default 200)",
         "--idle" => "N   idle watchers for the memory measurement (needs --server-pid)",
         "--server-pid" => "PID   the server process, for memory per idle watcher",
+        "--trace" => "FILE   write a per-put timeline (CSV: sent, reply, first and last event)",
         "--leases" => "N   leases granted and kept alive (default 10000)",
         "--inflight" => "N   keep-alive loops per connection (default 4)",
         "--batch" => "N   lease ids per keep-alive round (default 1000)",

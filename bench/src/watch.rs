@@ -12,7 +12,11 @@
 //! - Puts (timed): put `i` writes the key of watcher `i % watchers`, so every put is watched;
 //!   its value starts with `i` in decimal. `--clients` put loops on their own connections,
 //!   paced by `--rate`. In `watch-latency` puts go one at a time and each waits until all its
-//!   events arrived (lockstep).
+//!   events arrived (lockstep); `--rate` there also spaces the puts (etcd's `benchmark
+//!   watch-latency` paces its puts at `--put-rate`, 100/s by default, instead of lockstep), so
+//!   that a put does not start while the previous one's acknowledgements are still in flight.
+//! - `watch-latency --trace FILE` writes a per-put timeline (sent, reply, first and last event)
+//!   and per-stream mean latencies, to tell periodic stalls and slow shards or threads apart.
 //! - Events: every reader takes the put number out of each event and records the time from
 //!   just before that put was sent to the event's arrival. The run ends when every expected
 //!   event arrived, or `--timeout` after the last put (missing events then count as errors).
@@ -53,6 +57,8 @@ struct Plan {
     puts: u64,
     /// One put at a time, each waiting for all its events.
     lockstep: bool,
+    /// Write a per-put timeline (CSV) here (`watch-latency --trace`).
+    trace: Option<std::path::PathBuf>,
 }
 
 impl Plan {
@@ -98,6 +104,12 @@ struct Shared {
     epoch: Instant,
     /// Per put: when it was sent, + 1 (0: not yet).
     sent_ns: Vec<AtomicU64>,
+    /// Per put, only with a trace: arrival of its first event, + 1 (`u64::MAX`: none yet).
+    first_event_of: Vec<AtomicU64>,
+    /// Per put, only with a trace: arrival of its last event, + 1 (0: none yet).
+    last_event_of: Vec<AtomicU64>,
+    /// Per stream, only with a trace: events and the sum of their latencies (µs).
+    stream_latency: Vec<(AtomicU64, AtomicU64)>,
     /// Events received that belong to a sent put.
     events: AtomicU64,
     /// The put driver waits until `events` reaches this.
@@ -123,6 +135,8 @@ impl Shared {
 
 /// The creates of one stream, shared by its creator and (etcd) its reader.
 struct StreamState {
+    /// The stream's number in the plan (for the trace's per-stream figures).
+    stream: usize,
     /// Per watcher of the stream (index = watch id - 1): when its create was sent.
     sent_at: RefCell<Vec<Option<Instant>>>,
     /// Creates acknowledged (or failed).
@@ -240,14 +254,27 @@ async fn read_stream(
                 {
                     let mut event = event.borrow_mut();
                     for v in values {
-                        let sent = put_number(&v)
+                        let put = put_number(&v);
+                        let sent = put
                             .and_then(|i| shared.sent_ns.get(i as usize))
                             .map(|t| t.load(Ordering::SeqCst))
                             .filter(|&t| t > 0);
                         match sent {
                             Some(t) => {
-                                event.record(now.saturating_duration_since(shared.at(t)));
+                                let latency = now.saturating_duration_since(shared.at(t));
+                                event.record(latency);
                                 matched += 1;
+                                if let Some((n, sum)) = shared.stream_latency.get(state.stream) {
+                                    n.fetch_add(1, Ordering::Relaxed);
+                                    sum.fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
+                                }
+                                if let Some(i) = put.filter(|_| !shared.first_event_of.is_empty()) {
+                                    let at = now.duration_since(shared.epoch).as_nanos() as u64 + 1;
+                                    shared.first_event_of[i as usize]
+                                        .fetch_min(at, Ordering::Relaxed);
+                                    shared.last_event_of[i as usize]
+                                        .fetch_max(at, Ordering::Relaxed);
+                                }
                             }
                             None => event.fail("check:event of no sent put"),
                         }
@@ -354,6 +381,7 @@ fn thread_main(
             let mut creators = Vec::new();
             for (st, tx, rx) in opened.drain(..) {
                 let state = Rc::new(StreamState {
+                    stream: st,
                     sent_at: RefCell::new(Vec::new()),
                     acked: Cell::new(0),
                     notify: Notify::new(),
@@ -432,6 +460,74 @@ async fn wait_events(shared: &Shared, target: u64, timeout: Duration) -> bool {
     true
 }
 
+/// Writes the per-put timeline of a traced run to `path` (CSV, microseconds: when the put
+/// was sent since the first put, then its reply, first and last event since it was sent;
+/// empty where nothing arrived) and returns a note naming the slowest puts, so that stalls
+/// that recur at a fixed interval show up.
+fn write_trace(
+    path: &std::path::Path,
+    shared: &Shared,
+    put_replied: &[Cell<u64>],
+    put_start: Instant,
+) -> Result<String, String> {
+    use std::fmt::Write as _;
+    let origin = put_start.duration_since(shared.epoch).as_nanos() as u64 + 1;
+    let us = |from: u64, to: u64| to.saturating_sub(from) / 1000;
+    let mut csv = String::from("put,sent_us,reply_us,first_event_us,last_event_us\n");
+    let mut slowest: Vec<(u64, u64, u64)> = Vec::new(); // (last event, put, sent)
+    for (i, sent) in shared.sent_ns.iter().enumerate() {
+        let sent = sent.load(Ordering::SeqCst);
+        if sent == 0 {
+            continue;
+        }
+        let at = |t: u64| match t {
+            0 | u64::MAX => String::new(),
+            t => us(sent, t).to_string(),
+        };
+        let first = shared.first_event_of[i].load(Ordering::Relaxed);
+        let last = shared.last_event_of[i].load(Ordering::Relaxed);
+        let _ = writeln!(
+            csv,
+            "{i},{},{},{},{}",
+            us(origin, sent),
+            at(put_replied[i].get()),
+            at(first),
+            at(last)
+        );
+        if last > 0 {
+            slowest.push((us(sent, last), i as u64, us(origin, sent)));
+        }
+    }
+    std::fs::write(path, csv).map_err(|e| format!("write trace {}: {e}", path.display()))?;
+    // Per stream: its mean event latency (streams of one server shard, or one load thread,
+    // cluster together when that shard or thread is the slow part).
+    let mut per_stream = String::from("stream,events,mean_us\n");
+    for (st, (n, sum)) in shared.stream_latency.iter().enumerate() {
+        let (n, sum) = (n.load(Ordering::Relaxed), sum.load(Ordering::Relaxed));
+        let _ = writeln!(per_stream, "{st},{n},{}", sum.checked_div(n).unwrap_or(0));
+    }
+    let streams_path = path.with_extension("streams.csv");
+    std::fs::write(&streams_path, per_stream)
+        .map_err(|e| format!("write trace {}: {e}", streams_path.display()))?;
+    slowest.sort_unstable_by(|a, b| b.cmp(a));
+    let list: Vec<String> = slowest
+        .iter()
+        .take(TRACE_SLOWEST)
+        .map(|(last, i, sent)| {
+            format!("put {i} sent at {:.1} ms: {last} µs", *sent as f64 / 1000.0)
+        })
+        .collect();
+    Ok(format!(
+        "trace in {} and {}; slowest puts (last event): {}",
+        path.display(),
+        streams_path.display(),
+        list.join(", ")
+    ))
+}
+
+/// Slowest puts named in a trace's note.
+const TRACE_SLOWEST: usize = 10;
+
 /// Runs one plan; returns its report.
 fn run_plan(plan: Plan, workload: &str) -> Result<Report, String> {
     let s = plan.settings.clone();
@@ -455,11 +551,25 @@ fn run_plan(plan: Plan, workload: &str) -> Result<Report, String> {
     }
     let expected_of = |i: u64| on_key[&keys.number(i % plan.watchers as u64, 1)];
     let threads = plan.threads();
+    let traced = |init: u64| -> Vec<AtomicU64> {
+        match plan.trace {
+            Some(_) => (0..plan.puts).map(|_| AtomicU64::new(init)).collect(),
+            None => Vec::new(),
+        }
+    };
     let shared = Arc::new(Shared {
         plan: plan.clone(),
         keys: keys.clone(),
         epoch: Instant::now(),
         sent_ns: (0..plan.puts).map(|_| AtomicU64::new(0)).collect(),
+        first_event_of: traced(u64::MAX),
+        last_event_of: traced(0),
+        stream_latency: match plan.trace {
+            Some(_) => (0..plan.streams())
+                .map(|_| (AtomicU64::new(0), AtomicU64::new(0)))
+                .collect(),
+            None => Vec::new(),
+        },
         events: AtomicU64::new(0),
         event_target: AtomicU64::new(u64::MAX),
         event_notify: Notify::new(),
@@ -547,13 +657,18 @@ fn run_plan(plan: Plan, workload: &str) -> Result<Report, String> {
     let put_series = RefCell::new(Series::new("put"));
     let lockstep_error = RefCell::new(None::<String>);
     let cumulative = Cell::new(0u64);
+    // Per put, only with a trace: when its reply arrived, + 1.
+    let put_replied: Vec<Cell<u64>> = match plan.trace {
+        Some(_) => (0..plan.puts).map(|_| Cell::new(0)).collect(),
+        None => Vec::new(),
+    };
     let all_arrived = local.block_on(&rt, async {
         let mut loops = Vec::new();
         for l in 0..put_loops {
             let conn = &put_conns[l / PUT_CLIENTS_PER_CONN];
             let (shared, pacer, next, put_series) = (&shared, &pacer, &next, &put_series);
-            let (lockstep_error, cumulative, expected_of) =
-                (&lockstep_error, &cumulative, &expected_of);
+            let (lockstep_error, cumulative, expected_of, put_replied) =
+                (&lockstep_error, &cumulative, &expected_of, &put_replied);
             loops.push(async move {
                 loop {
                     let i = next.get();
@@ -576,6 +691,9 @@ fn run_plan(plan: Plan, workload: &str) -> Result<Report, String> {
                     );
                     let r = conn.put(key, value).await;
                     let ended = Instant::now();
+                    if let Some(c) = put_replied.get(i as usize) {
+                        c.set(ended.duration_since(shared.epoch).as_nanos() as u64 + 1);
+                    }
                     match r {
                         Ok(()) => {
                             put_series.borrow_mut().record(ended - began);
@@ -635,6 +753,9 @@ fn run_plan(plan: Plan, workload: &str) -> Result<Report, String> {
     }
     if let Some(e) = lockstep_error.into_inner() {
         notes.push(e);
+    }
+    if let Some(path) = &plan.trace {
+        notes.push(write_trace(path, &shared, &put_replied, put_start)?);
     }
     let secs = |d: Duration| d.as_secs_f64().max(1e-9);
     let mut config = vec![
@@ -718,6 +839,7 @@ pub fn run_watch(argv: &[String]) -> Result<(), String> {
         puts: s.total_requests(),
         watchers,
         lockstep: false,
+        trace: None,
         settings: s.clone(),
     };
     let mut r = run_plan(plan, "watch")?;
@@ -739,6 +861,7 @@ const LATENCY_FLAGS: &[&str] = &[
     "--puts",
     "--idle",
     "--server-pid",
+    "--trace",
 ];
 
 /// `watch-latency`'s own flags.
@@ -748,6 +871,8 @@ struct LatencyFlags {
     puts: u64,
     idle: usize,
     server_pid: Option<u32>,
+    /// Per-put timeline CSV (with several `--watchers` values, one file each: `<stem>.<n>.csv`).
+    trace: Option<std::path::PathBuf>,
 }
 
 fn parse_latency(argv: &[String]) -> Result<(Settings, LatencyFlags), String> {
@@ -756,6 +881,7 @@ fn parse_latency(argv: &[String]) -> Result<(Settings, LatencyFlags), String> {
         "--target",
         "--conns",
         "--threads",
+        "--rate",
         "--timeout",
         "--json",
         "--no-progress",
@@ -794,6 +920,7 @@ fn parse_latency(argv: &[String]) -> Result<(Settings, LatencyFlags), String> {
         puts: 200,
         idle: 0,
         server_pid: None,
+        trace: None,
     };
     for (flag, v) in own {
         let num = |v: &str, max: u64| -> Result<u64, String> {
@@ -815,6 +942,7 @@ fn parse_latency(argv: &[String]) -> Result<(Settings, LatencyFlags), String> {
             "--puts" => l.puts = num(&v, MAX_WATCH_PUTS)?,
             "--idle" => l.idle = num(&v, MAX_WATCHERS as u64)? as usize,
             "--server-pid" => l.server_pid = Some(num(&v, u32::MAX as u64)? as u32),
+            "--trace" => l.trace = Some(v.into()),
             other => return Err(format!("watch-latency: unexpected flag {other}")),
         }
     }
@@ -856,6 +984,7 @@ async fn idle_batch(
             .await
             .map_err(|e| format!("open watch stream: {}", e.0))?;
         let state = Rc::new(StreamState {
+            stream: usize::MAX,
             sent_at: RefCell::new(Vec::new()),
             acked: Cell::new(0),
             notify: Notify::new(),
@@ -925,10 +1054,14 @@ fn memory_run(s: &Settings, idle: usize, pid: u32) -> Result<(u64, u64), String>
                 watchers: idle,
                 puts: 0,
                 lockstep: false,
+                trace: None,
             },
             keys: Keys::new(s),
             epoch: Instant::now(),
             sent_ns: Vec::new(),
+            first_event_of: Vec::new(),
+            last_event_of: Vec::new(),
+            stream_latency: Vec::new(),
             events: AtomicU64::new(0),
             event_target: AtomicU64::new(u64::MAX),
             event_notify: Notify::new(),
@@ -979,6 +1112,13 @@ pub fn run_latency(argv: &[String]) -> Result<(), String> {
             watchers: n,
             puts: l.puts,
             lockstep: true,
+            trace: l.trace.as_ref().map(|t| {
+                if l.watchers.len() == 1 {
+                    t.clone()
+                } else {
+                    t.with_extension(format!("{n}.csv"))
+                }
+            }),
         };
         let r = run_plan(plan, "watch-latency")?;
         failed |= r.series.iter().any(|x| x.failed() > 0);
@@ -1048,6 +1188,7 @@ mod tests {
             watchers: 10,
             puts: 1,
             lockstep: false,
+            trace: None,
         };
         assert_eq!(plan.streams(), 3);
         assert_eq!(plan.threads(), 2, "threads never exceed connections");

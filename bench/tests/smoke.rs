@@ -481,6 +481,55 @@ fn watch_latency_measures_every_event_and_memory() {
 }
 
 #[test]
+fn watch_latency_trace_times_every_put_and_stream() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let trace = dir.path().join("trace.csv");
+    let r = run_json(
+        &server,
+        &[
+            "watch-latency",
+            "--watchers",
+            "20",
+            "--streams",
+            "4",
+            "--puts",
+            "10",
+            "--rate",
+            "200",
+            "--trace",
+            trace.to_str().unwrap(),
+        ],
+    );
+    assert_clean(&r, &[("create", 20), ("put", 10), ("event", 200)]);
+    let puts = std::fs::read_to_string(&trace).expect("per-put trace written");
+    let mut lines = puts.lines();
+    assert_eq!(
+        lines.next(),
+        Some("put,sent_us,reply_us,first_event_us,last_event_us")
+    );
+    let rows: Vec<Vec<u64>> = lines
+        .map(|l| l.split(',').map(|v| v.parse().expect(l)).collect())
+        .collect();
+    assert_eq!(rows.len(), 10, "{puts}");
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row[0], i as u64);
+        assert!(row[3] <= row[4], "first event after the last: {puts}");
+    }
+    // --rate 200: puts at least ~5 ms apart (the pacer's slots), so the last starts >= 40 ms in.
+    assert!(rows[9][1] >= 40_000, "{puts}");
+    let streams = std::fs::read_to_string(dir.path().join("trace.streams.csv"))
+        .expect("per-stream trace written");
+    let per: Vec<Vec<u64>> = streams
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').map(|v| v.parse().expect(l)).collect())
+        .collect();
+    assert_eq!(per.len(), 4, "{streams}");
+    assert_eq!(per.iter().map(|s| s[1]).sum::<u64>(), 200, "{streams}");
+}
+
+#[test]
 fn lease_keepalive_refreshes_every_lease_without_losses() {
     let server = Server::start();
     for batch in ["1", "25"] {
