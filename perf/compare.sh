@@ -67,9 +67,17 @@ if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 4096 ]; then
   echo "open-file limit $(ulimit -n) is below 4096; check-perf xl needs 1,000 connections" >&2
 fi
 
+# perf/results/<date>.md; a later run on the same day gets <date>-2.md, -3, ... so an earlier
+# result that other documents cite is never overwritten.
 DATE=$(date -u +%Y-%m-%d)
 mkdir -p "$OUT"
-RESULT="$OUT/$DATE.md"
+NAME=$DATE
+n=2
+while [ -e "$OUT/$NAME.md" ]; do
+  NAME="$DATE-$n"
+  n=$((n + 1))
+done
+RESULT="$OUT/$NAME.md"
 WORK=$(mktemp -d /tmp/corekv-compare.XXXXXX)
 JSONL="$WORK/results.jsonl"
 RSSLOG="$WORK/rss.jsonl"
@@ -234,7 +242,7 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 echo "== writing $RESULT" >&2
 python3 perf/compare_report.py \
   --results "$JSONL" --rss "$RSSLOG" --restart "$RESTART" --wal "$WORK/wal.txt" --rtt "$WORK/rtt.json" \
-  --commands "$COMMANDS" --out "$RESULT" --plots "$OUT/$DATE" \
+  --commands "$COMMANDS" --out "$RESULT" --plots "$OUT/$NAME" \
   --cell-seconds "$CELL" --check-perf-seconds "$CHECK" --invocation "$INVOCATION" \
   --load-start "$LOAD_START" --load-end "$LOAD_END" \
   --corekv-version "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . || echo '-dirty')" \
