@@ -51,6 +51,16 @@ struct Shared {
 }
 
 impl Shared {
+    /// The consumer is gone: discard what is queued and let every waiting sink call finish
+    /// (later calls are discarded at once), so the server is never held back by nobody.
+    fn close(&mut self) {
+        self.closed = true;
+        self.items.clear();
+        for w in self.producers.drain(..) {
+            w.wake();
+        }
+    }
+
     fn wake_consumer(&mut self) {
         if let Some(w) = self.consumer.take() {
             w.wake();
@@ -196,12 +206,7 @@ pub struct WatchStream {
 
 impl Drop for WatchStream {
     fn drop(&mut self) {
-        let mut q = self.queue.borrow_mut();
-        q.closed = true;
-        q.items.clear();
-        for w in q.producers.drain(..) {
-            w.wake();
-        }
+        self.queue.borrow_mut().close();
     }
 }
 
@@ -464,15 +469,7 @@ mod tests {
         assert!(call.as_mut().poll(&mut cx).is_ready());
         let mut waiting = std::pin::pin!(sink.deliver(ids(full..full + 1)));
         assert!(waiting.as_mut().poll(&mut cx).is_pending());
-        // What `WatchStream`'s Drop does.
-        {
-            let mut q = queue.borrow_mut();
-            q.closed = true;
-            q.items.clear();
-            for w in q.producers.drain(..) {
-                w.wake();
-            }
-        }
+        queue.borrow_mut().close(); // what `WatchStream`'s Drop does
         assert!(waiting.as_mut().poll(&mut cx).is_ready());
         let mut more = std::pin::pin!(sink.deliver(ids(0..1000)));
         assert!(more.as_mut().poll(&mut cx).is_ready());
