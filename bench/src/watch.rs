@@ -233,6 +233,29 @@ async fn create_watchers(
 }
 
 /// Reads one stream until it ends: acknowledgements of creates (etcd) and events.
+/// Where a stream goes once its watchers are created: its receiver to a reader task recording
+/// into the `create` and `event` series (`shared` counts), or its sender into `keep` (etcd:
+/// the receiver was taken when the stream was opened).
+fn route_stream(
+    finished: Finished,
+    state: Rc<StreamState>,
+    (create, event, shared): (&Rc<RefCell<Series>>, &Rc<RefCell<Series>>, &Arc<Shared>),
+    readers: &mut Vec<tokio::task::JoinHandle<()>>,
+    keep: &mut Vec<WatchSender>,
+) {
+    match finished {
+        Finished::Read(rx) => readers.push(tokio::task::spawn_local(read_stream(
+            *rx,
+            state,
+            create.clone(),
+            event.clone(),
+            shared.clone(),
+            false,
+        ))),
+        Finished::Keep(tx) => keep.push(tx),
+    }
+}
+
 async fn read_stream(
     mut rx: WatchReceiver,
     state: Rc<StreamState>,
@@ -411,17 +434,13 @@ fn thread_main(
                 let (tx, state) = c
                     .await
                     .map_err(|e| format!("watch thread {t}: creator failed: {e}"))??;
-                match tx.finish()? {
-                    Finished::Read(rx) => readers.push(tokio::task::spawn_local(read_stream(
-                        *rx,
-                        state,
-                        create.clone(),
-                        event.clone(),
-                        shared.clone(),
-                        false,
-                    ))),
-                    Finished::Keep(tx) => keep.push(tx),
-                }
+                route_stream(
+                    tx.finish()?,
+                    state,
+                    (&create, &event, &shared),
+                    &mut readers,
+                    &mut keep,
+                );
             }
             Ok::<(), String>(())
         }
@@ -1015,17 +1034,13 @@ async fn idle_batch(
     // corekv streams are read (drained of their `created` responses) from here on.
     let mut keep = Vec::new();
     for (tx, state) in opened {
-        match tx.finish()? {
-            Finished::Read(rx) => readers.push(tokio::task::spawn_local(read_stream(
-                *rx,
-                state,
-                create.clone(),
-                event.clone(),
-                shared.clone(),
-                false,
-            ))),
-            Finished::Keep(tx) => keep.push(tx),
-        }
+        route_stream(
+            tx.finish()?,
+            state,
+            (create, &event, shared),
+            &mut readers,
+            &mut keep,
+        );
     }
     Ok((keep, readers))
 }
