@@ -29,6 +29,7 @@ mod freelist;
 mod node;
 mod page;
 mod readers;
+mod recent;
 mod view;
 mod write;
 
@@ -218,9 +219,10 @@ pub const COMPACT_TXN_PAGES: u64 = 16 * 1024;
 /// State shared by the writer and every reader thread.
 pub(crate) struct Shared {
     path: PathBuf,
-    /// Holds the exclusive flock for as long as any handle (writer or reader) lives, so no
-    /// other writer can reuse pages a live reader still sees.
-    _lock: std::fs::File,
+    /// The data file. Holds the exclusive flock for as long as any handle (writer or reader)
+    /// lives, so no other writer can reuse pages a live reader still sees; also grows the
+    /// file, and serves the debug builds' check of the writer's page cache.
+    file: std::fs::File,
     /// The whole reserved range; only pages below a snapshot's high water are ever touched.
     map: memmap2::Mmap,
     bits: Bitmap,
@@ -254,6 +256,9 @@ pub struct Backend {
     /// Page buffers of earlier transactions, for the next one to reuse (at most
     /// `MAX_SPARE_PAGES`; see there why).
     spare: RefCell<Vec<Box<[u8]>>>,
+    /// The writer's copies of recently published pages, handed from one transaction to the
+    /// next (see `recent.rs`).
+    recent: RefCell<recent::RecentPages>,
     writer_busy: Cell<bool>,
     sync_lock: glommio::sync::Semaphore,
 }
@@ -542,7 +547,7 @@ impl Backend {
         })?;
         let shared = Arc::new(Shared {
             path,
-            _lock: file,
+            file,
             map,
             bits,
             reg: Registry::new(snap),
@@ -566,6 +571,7 @@ impl Backend {
                 file_len: len,
             }),
             spare: RefCell::new(Vec::new()),
+            recent: RefCell::new(recent::RecentPages::default()),
             writer_busy: Cell::new(false),
             sync_lock: glommio::sync::Semaphore::new(1),
         })
@@ -610,7 +616,10 @@ impl Backend {
             freelist,
             (st.chain.clone(), st.chain_records),
             self.max_pages,
-            std::mem::take(&mut *self.spare.borrow_mut()),
+            (
+                std::mem::take(&mut *self.spare.borrow_mut()),
+                std::mem::take(&mut *self.recent.borrow_mut()),
+            ),
         );
         self.writer_busy.set(true);
         Ok(WriteTxn {
@@ -751,7 +760,7 @@ impl Backend {
             .saturating_mul(step)
             .min(self.max_pages * PAGE_SIZE as u64);
         debug_assert!(new_len >= need);
-        self.shared._lock.set_len(new_len).map_err(|e| {
+        self.shared.file.set_len(new_len).map_err(|e| {
             Error::io(
                 format!("growing {} to {new_len} bytes", self.shared.path.display()),
                 e,
@@ -1034,7 +1043,9 @@ pub struct WriteTxn<'b> {
 
 impl Drop for WriteTxn<'_> {
     fn drop(&mut self) {
-        *self.backend.spare.borrow_mut() = self.core.take_spare();
+        let (spare, recent) = self.core.take_buffers();
+        *self.backend.spare.borrow_mut() = spare;
+        *self.backend.recent.borrow_mut() = recent;
         if !self.freelist_returned {
             let fl = self.core.abort_freelist();
             let mut st = self.backend.state.borrow_mut();
@@ -1128,7 +1139,7 @@ impl<'b> WriteTxn<'b> {
             let (mut pages, snap) = core.prepare_commit()?;
             backend.ensure_len(snap.high_water)?;
             backend.write_pages(&mut pages, snap.txid).await?;
-            core.keep_spare(pages);
+            core.keep_written(pages);
             snap
         } else {
             // Nothing changed: a new txid over the same pages (nothing to write).

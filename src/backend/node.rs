@@ -123,6 +123,13 @@ impl PageBuf {
         debug_assert_eq!(p.len(), PAGE_SIZE);
         debug_assert_eq!(b.len(), PAGE_SIZE);
         b.copy_from_slice(p);
+        Self::from_page_buf(b)
+    }
+
+    /// Like [`Self::from_page`], taking over `b`, which already holds a verified page (the
+    /// writer's own copy of a page it published).
+    pub(crate) fn from_page_buf(b: Box<[u8]>) -> PageBuf {
+        debug_assert_eq!(b.len(), PAGE_SIZE);
         let mut pb = PageBuf {
             b,
             top: PAGE_SIZE,

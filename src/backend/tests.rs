@@ -1111,3 +1111,66 @@ fn aborted_transactions_roll_the_freelist_back_exactly() {
         assert_clean(&b);
     });
 }
+
+/// Resident bytes of this process's mappings of `path` (the `Rss` of its `/proc/self/smaps`
+/// entries).
+fn mapped_resident_bytes(path: &Path) -> u64 {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let name = path.to_str().unwrap();
+    let mut inside = false;
+    let mut kib = 0;
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if !first.ends_with(':') {
+            // A mapping's header line: "start-end perms offset dev inode [path]".
+            inside = line.ends_with(name);
+        } else if inside && first == "Rss:" {
+            kib += line
+                .split_whitespace()
+                .nth(1)
+                .unwrap()
+                .parse::<u64>()
+                .unwrap();
+        }
+    }
+    kib * 1024
+}
+
+/// The writer keeps the pages it published last (the right edge under ascending keys, the
+/// upper levels always) and reads them from there, so a long ascending load does not fault
+/// the file into the process: resident mapped bytes stay a small fraction of the file.
+#[test]
+fn ascending_writes_do_not_map_the_file_into_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    run(move || async move {
+        let b = Backend::open(&path, opts()).await.unwrap();
+        let val = [7u8; 200];
+        let mut key = 0u64;
+        for _ in 0..300 {
+            let mut w = b.begin_write().unwrap();
+            let mut t = w.open_tree(b"kv", KeyOrder::Bytewise).unwrap();
+            for _ in 0..50 {
+                t.put(&key.to_be_bytes(), &val).unwrap();
+                key += 1;
+            }
+            w.publish().await.unwrap();
+        }
+        let written = b.stats().in_use_bytes;
+        let resident = mapped_resident_bytes(&path);
+        assert!(written > 3 << 20, "only {written} bytes written");
+        assert!(
+            resident <= written / 16,
+            "{resident} bytes of the file mapped in after writing {written}"
+        );
+        // Readers still read through the mapping, and everything reads back.
+        let r = b.begin_read().unwrap();
+        let t = r.tree(b"kv").unwrap().unwrap();
+        for k in (0..key).step_by(97) {
+            assert_eq!(t.get(&k.to_be_bytes()).unwrap(), Some(&val[..]));
+        }
+        assert!(mapped_resident_bytes(&path) > resident);
+        drop(r);
+        assert_clean(&b);
+    });
+}

@@ -17,6 +17,7 @@ use super::freelist::{Freelist, MAX_FREELIST_SEGMENTS, REMOVE_FLAG, SEG_HDR};
 use super::node::{branch_cell_bytes, split_points, write_leaf_cell, PageBuf, MIN_FILL};
 use super::page::*;
 use super::readers::Snap;
+use super::recent::RecentPages;
 use super::view::{self, Loc, Resolve, View};
 use super::{Error, KeyOrder, Result, Shared, PAGE_SIZE};
 
@@ -145,6 +146,8 @@ pub(crate) struct TxnCore {
     nodes: PageMap<PageBuf>,
     /// Page buffers no longer in use, for reuse (at most [`MAX_SPARE_PAGES`]).
     spare: Vec<Box<[u8]>>,
+    /// The writer's copies of pages published recently (read before the mmap).
+    recent: RecentPages,
     runs: PageMap<Vec<u8>>,
     dirty_pages: u64,
     pub catalog_root: u64,
@@ -169,14 +172,16 @@ fn internal(msg: &str) -> Error {
 
 impl TxnCore {
     /// A transaction on top of snapshot `base`, allocating from `freelist`, taking new page
-    /// buffers from `spare` (page-sized; their old bytes do not matter) before allocating.
+    /// buffers from `spare` (page-sized; their old bytes do not matter) before allocating,
+    /// and reading clean pages from `recent` (copies of what earlier publishes wrote) before
+    /// the mmap.
     pub(crate) fn new(
         shared: Arc<Shared>,
         base: Snap,
         freelist: Freelist,
         chain: (Vec<(u64, u64)>, u64),
         max_pages: u64,
-        spare: Vec<Box<[u8]>>,
+        (spare, recent): (Vec<Box<[u8]>>, RecentPages),
     ) -> TxnCore {
         debug_assert!(spare.iter().all(|b| b.len() == PAGE_SIZE));
         TxnCore {
@@ -188,6 +193,7 @@ impl TxnCore {
             freelist,
             nodes: PageMap::default(),
             spare,
+            recent,
             runs: PageMap::default(),
             dirty_pages: 0,
             catalog_root: base.catalog_root,
@@ -315,6 +321,9 @@ impl TxnCore {
                 "page {pg} is referenced twice or also free (damaged file, run check())"
             )));
         }
+        if n == 1 {
+            self.recent.forget(pg);
+        }
         self.freelist.add_pending(self.txid, pg, n);
         self.delta.push((pg, n, true));
         Ok(())
@@ -387,42 +396,92 @@ impl TxnCore {
         }
     }
 
-    /// The branch or leaf page `pg` as this transaction sees it (dirty copy or clean page).
+    /// The branch or leaf page `pg` as this transaction sees it (dirty copy, the writer's
+    /// copy of a recently published page, or the clean page in the mmap).
     #[inline]
     fn page(&self, pg: u64) -> Result<&[u8]> {
-        match self.nodes.get(&pg) {
-            Some(n) => Ok(n.bytes()),
-            None => Ok(view::node_page(&self.view(), pg)?.0),
+        if let Some(n) = self.nodes.get(&pg) {
+            return Ok(n.bytes());
+        }
+        if let Some(p) = self.recent.get(pg) {
+            self.debug_check_recent(pg, p);
+            return Ok(p);
+        }
+        Ok(view::node_page(&self.view(), pg)?.0)
+    }
+
+    /// Debug builds: a cached page must be exactly what the file holds. Read with `pread`,
+    /// not through the mmap, so the check does not map the pages the cache keeps unmapped.
+    #[inline]
+    fn debug_check_recent(&self, pg: u64, p: &[u8]) {
+        if cfg!(debug_assertions) {
+            use std::os::unix::fs::FileExt;
+            let mut file = vec![0u8; PAGE_SIZE];
+            let read = self
+                .shared
+                .file
+                .read_exact_at(&mut file, pg * PAGE_SIZE as u64);
+            debug_assert!(
+                read.is_ok() && file == p,
+                "recent-page cache differs from the file at page {pg} ({read:?})"
+            );
         }
     }
 
     /// Makes `pg` writable: returns its id in this transaction (a new one for a clean page,
-    /// holding a copy of its bytes).
+    /// holding a copy of its bytes; a cached copy is taken over, not copied).
     fn cow(&mut self, pg: u64) -> Result<u64> {
         if self.nodes.contains_key(&pg) {
             return Ok(pg);
         }
-        let b = self.new_buf();
-        let copy = PageBuf::from_page_in(b, view::node_page(&self.view(), pg)?.0);
+        let copy = match self.recent.take(pg) {
+            Some(b) => {
+                self.debug_check_recent(pg, &b);
+                PageBuf::from_page_buf(b)
+            }
+            None => {
+                let b = self.new_buf();
+                PageBuf::from_page_in(b, view::node_page(&self.view(), pg)?.0)
+            }
+        };
         self.free(pg, 1)?;
         let id = self.alloc(1)?;
         self.nodes.insert(id, copy);
         Ok(id)
     }
 
-    /// The unused spare page buffers (for the next transaction).
-    pub(crate) fn take_spare(&mut self) -> Vec<Box<[u8]>> {
-        std::mem::take(&mut self.spare)
+    /// The unused spare page buffers and the recent-page cache (for the next transaction).
+    pub(crate) fn take_buffers(&mut self) -> (Vec<Box<[u8]>>, RecentPages) {
+        (
+            std::mem::take(&mut self.spare),
+            std::mem::take(&mut self.recent),
+        )
     }
 
-    /// Keeps the single-page buffers of written pages as spares (up to [`MAX_SPARE_PAGES`]).
-    pub(crate) fn keep_spare(&mut self, pages: Vec<DirtyPage>) {
-        for p in pages {
-            if self.spare.len() >= MAX_SPARE_PAGES {
-                break;
+    /// After a publish wrote `pages`: caches the branch and leaf pages in the recent-page
+    /// cache (which forgets every other id written), and keeps single-page buffers it does
+    /// not need as spares (up to [`MAX_SPARE_PAGES`]).
+    pub(crate) fn keep_written(&mut self, pages: Vec<DirtyPage>) {
+        let spare = &mut self.spare;
+        let mut keep = |b: Box<[u8]>| {
+            if b.len() == PAGE_SIZE && spare.len() < MAX_SPARE_PAGES {
+                spare.push(b);
             }
-            if p.buf.len() == PAGE_SIZE && p.buf.capacity() == PAGE_SIZE {
-                self.spare.push(p.buf.into_boxed_slice());
+        };
+        for p in pages {
+            let n = p.pages();
+            let node = p.kind == KIND_LEAF || p.kind == KIND_BRANCH;
+            let one_page = p.buf.len() == PAGE_SIZE && p.buf.capacity() == PAGE_SIZE;
+            if node && one_page {
+                self.recent
+                    .written(p.id, p.buf.into_boxed_slice(), &mut keep);
+            } else {
+                self.recent.overwritten(p.id, n, &mut keep);
+                // A run is not converted: its capacity may exceed its length, and shrinking
+                // it would copy.
+                if one_page {
+                    keep(p.buf.into_boxed_slice());
+                }
             }
         }
     }
