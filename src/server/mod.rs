@@ -317,13 +317,17 @@ async fn serve(
                     };
                     let _ = stream.set_nodelay(true);
                     live.set(live.get() + 1);
+                    // The flusher sends on the descriptor directly (see `net`); the stream,
+                    // split in two below, keeps it open for the connection's whole life.
+                    let fd = std::os::unix::io::AsRawFd::as_raw_fd(&stream);
                     let (reader, writer) = stream.split();
                     let mut options = capnp::message::ReaderOptions::new();
                     options.nesting_limit(crate::api::MAX_MESSAGE_NESTING);
                     // The transport refuses (and disconnects) only far beyond the request
                     // limit; anything in between gets a clear "request too large" answer.
                     options.traversal_limit_in_words(Some(max_request_bytes / 8 * 2 + (1 << 16)));
-                    let (writer, flusher) = crate::net::CoalescingWriter::new(writer);
+                    let (writer, flusher) =
+                        crate::net::CoalescingWriter::with_direct_send(writer, fd);
                     glommio::spawn_local(flusher).detach();
                     let network = twoparty::VatNetwork::new(
                         futures::io::BufReader::with_capacity(CONNECTION_BUFFER_BYTES, reader),
