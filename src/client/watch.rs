@@ -375,20 +375,29 @@ mod tests {
         n.map(response).collect()
     }
 
-    #[test]
-    fn a_call_waits_for_room_and_then_arrives_whole_and_in_order() {
-        let waker = futures::task::noop_waker();
-        let mut cx = Context::from_waker(&waker);
+    /// A sink and its queue, the queue already holding `WATCH_CLIENT_QUEUE` responses with
+    /// ids `0..WATCH_CLIENT_QUEUE` (delivered by one call that found room at once).
+    fn full_queue(cx: &mut Context<'_>) -> (Rc<RefCell<Shared>>, Sink) {
         let queue = Rc::new(RefCell::new(Shared::default()));
         let sink = Sink {
             queue: queue.clone(),
         };
-        let first = WATCH_CLIENT_QUEUE as i64;
-        let mut call = std::pin::pin!(sink.deliver(ids(0..first)));
+        let full = WATCH_CLIENT_QUEUE as i64;
         assert!(
-            call.as_mut().poll(&mut cx).is_ready(),
+            std::pin::pin!(sink.deliver(ids(0..full)))
+                .poll(cx)
+                .is_ready(),
             "room: taken at once"
         );
+        (queue, sink)
+    }
+
+    #[test]
+    fn a_call_waits_for_room_and_then_arrives_whole_and_in_order() {
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let (queue, sink) = full_queue(&mut cx);
+        let first = WATCH_CLIENT_QUEUE as i64;
         let mut call = std::pin::pin!(sink.deliver(ids(first..first + 10)));
         assert!(
             call.as_mut().poll(&mut cx).is_pending(),
@@ -426,13 +435,8 @@ mod tests {
     fn the_stream_ends_only_after_a_released_sinks_pending_call_delivered() {
         let waker = futures::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
-        let queue = Rc::new(RefCell::new(Shared::default()));
-        let sink = Sink {
-            queue: queue.clone(),
-        };
+        let (queue, sink) = full_queue(&mut cx);
         let full = WATCH_CLIENT_QUEUE as i64;
-        let mut call = std::pin::pin!(sink.deliver(ids(0..full)));
-        assert!(call.as_mut().poll(&mut cx).is_ready());
         let mut late = std::pin::pin!(sink.deliver(ids(full..full + 3)));
         assert!(late.as_mut().poll(&mut cx).is_pending());
         drop(sink); // released by the server while its last call still waits for room
@@ -460,13 +464,8 @@ mod tests {
     fn a_dropped_consumer_discards_and_never_blocks_the_sink() {
         let waker = futures::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
-        let queue = Rc::new(RefCell::new(Shared::default()));
-        let sink = Sink {
-            queue: queue.clone(),
-        };
+        let (queue, sink) = full_queue(&mut cx);
         let full = WATCH_CLIENT_QUEUE as i64;
-        let mut call = std::pin::pin!(sink.deliver(ids(0..full)));
-        assert!(call.as_mut().poll(&mut cx).is_ready());
         let mut waiting = std::pin::pin!(sink.deliver(ids(full..full + 1)));
         assert!(waiting.as_mut().poll(&mut cx).is_pending());
         queue.borrow_mut().close(); // what `WatchStream`'s Drop does
