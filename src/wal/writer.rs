@@ -8,6 +8,8 @@ use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
+use std::os::fd::AsRawFd;
+
 use glommio::io::{Directory, DmaFile};
 use glommio::sync::Semaphore;
 use glommio::Task;
@@ -16,6 +18,7 @@ use super::format::{
     self, align_down, align_up, BLOCK_SIZE, FLAG_FIRST_IN_WRITE, FLAG_LAST_IN_BATCH,
     SEGMENT_HEADER_SIZE,
 };
+use super::io_thread::{AlignedBuf, IoThread};
 use super::segment::{self, Prepared};
 use super::{Options, Record, SegmentList, SegmentSummary, WalError, WalStats};
 
@@ -97,6 +100,8 @@ pub struct Inner {
     name_floor: Cell<u64>,
     /// Serializes releases, so each deletion is durable before the next one starts.
     releasing: Semaphore,
+    /// Performs each group's write and fdatasync (see `io_thread.rs` for why not io_uring).
+    io: IoThread,
 }
 
 impl Inner {
@@ -105,6 +110,7 @@ impl Inner {
         dir_handle: Directory,
         opts: Options,
         segments: VecDeque<SegmentSummary>,
+        io: IoThread,
     ) -> Self {
         Self {
             dir,
@@ -116,6 +122,7 @@ impl Inner {
             highest_index: Cell::new(None),
             name_floor: Cell::new(0),
             releasing: Semaphore::new(1),
+            io,
         }
     }
 
@@ -455,8 +462,8 @@ async fn write_group(
     let end = a.pos + new_bytes as u64;
     assert!(end <= a.size, "writer: group overruns the segment");
     let len = (align_up(end, BLOCK_SIZE as u64) - start) as usize;
-    let mut buf = a.file.alloc_dma_buffer(len);
-    let b = buf.as_bytes_mut();
+    let mut buf = AlignedBuf::zeroed(len);
+    let b = buf.as_mut_slice();
     b[..tail_len].copy_from_slice(&a.tail);
     let mut off = tail_len;
     let mut first = true;
@@ -499,14 +506,28 @@ async fn write_group(
     let new_tail_start = align_down(off as u64, BLOCK_SIZE as u64) as usize;
     let new_tail = b[new_tail_start..off].to_vec();
 
-    let t0 = Instant::now();
-    segment::write_all(&a.file, &a.path, buf, start).await?;
-    let t1 = Instant::now();
-    a.file
-        .fdatasync()
-        .await
-        .map_err(|e| WalError::io("fdatasync", &a.path, None, e))?;
-    let t2 = Instant::now();
+    let (write_time, sync_time) = if records as usize >= inner.opts.io_thread_min_records {
+        let times = inner
+            .io
+            .write_and_sync(a.file.as_raw_fd(), buf, start)
+            .await
+            .map_err(|(op, e)| match op {
+                "write" => WalError::io("write", &a.path, Some(start), e),
+                _ => WalError::io(op, &a.path, None, e),
+            })?;
+        (times.write, times.sync)
+    } else {
+        let t0 = Instant::now();
+        let mut dma = a.file.alloc_dma_buffer(len);
+        dma.as_bytes_mut().copy_from_slice(buf.as_mut_slice());
+        segment::write_all(&a.file, &a.path, dma, start).await?;
+        let t1 = Instant::now();
+        a.file
+            .fdatasync()
+            .await
+            .map_err(|e| WalError::io("fdatasync", &a.path, None, e))?;
+        (t1 - t0, t1.elapsed())
+    };
 
     a.pos = end;
     a.tail = new_tail;
@@ -536,7 +557,7 @@ async fn write_group(
     s.bytes_written += len as u64;
     s.syncs += 1;
     s.records_per_sync.record(records);
-    s.write_latency_us.record((t1 - t0).as_micros() as u64);
-    s.sync_latency_us.record((t2 - t1).as_micros() as u64);
+    s.write_latency_us.record(write_time.as_micros() as u64);
+    s.sync_latency_us.record(sync_time.as_micros() as u64);
     Ok(())
 }

@@ -28,6 +28,8 @@ pub fn small_opts(segment_size: u64) -> Options {
         segment_size,
         max_batch_bytes: (segment_size / 2) as usize,
         max_queued_bytes: segment_size as usize,
+        // Every group through the I/O thread; tests with default options cover io_uring.
+        io_thread_min_records: 0,
         ..Options::default()
     }
 }
