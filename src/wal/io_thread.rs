@@ -1,5 +1,6 @@
-//! The WAL's I/O thread: performs each group's O_DIRECT `pwrite` and `fdatasync` as plain
-//! blocking syscalls, one job at a time, off the executor.
+//! The WAL's I/O thread: performs a large group's O_DIRECT `pwrite` and `fdatasync` (groups of
+//! at least `Options::io_thread_min_records` records) as plain blocking syscalls, one job at a
+//! time, off the executor.
 //!
 //! Why not io_uring from the writer task: glommio submits a file write only when its executor
 //! next polls its rings, which a busy shard does once per scheduling round, after every task

@@ -15,7 +15,8 @@
 //!   and refuses to start (naming file and offset) when damage is followed by later writes.
 //! * [`Wal::release`] deletes the oldest segments whose indexed records are all below an index.
 //!
-//! The WAL is single-threaded: it lives on one glommio executor (the raft shard's).
+//! The WAL's state lives on one glommio executor (the raft shard's); only the write and
+//! fdatasync of large groups run elsewhere, on its I/O thread (`io_thread.rs`).
 
 mod format;
 mod io_thread;

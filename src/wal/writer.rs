@@ -100,7 +100,8 @@ pub struct Inner {
     name_floor: Cell<u64>,
     /// Serializes releases, so each deletion is durable before the next one starts.
     releasing: Semaphore,
-    /// Performs each group's write and fdatasync (see `io_thread.rs` for why not io_uring).
+    /// Writes and fdatasyncs the groups of at least `opts.io_thread_min_records` records (see
+    /// `io_thread.rs` for why not io_uring).
     io: IoThread,
 }
 
