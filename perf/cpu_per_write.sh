@@ -21,24 +21,12 @@ while [[ $# -gt 0 && $1 == --* ]]; do
 done
 [[ $# -ge 2 && $2 == -- ]] || { sed -n 4,5p "$0" >&2; exit 2; }
 BIN=$1; shift 2
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BENCH=$ROOT/target/release/corekv-bench
-CTL=$ROOT/target/release/corekvctl
-ADDR=127.0.0.1:24113
-D=$(mktemp -d)
-"$BIN" --data-dir "$D/data" --listen-client-urls $ADDR --log-level warn \
-  --quota-backend-bytes 8589934592 > "$D/out" 2>&1 &
-PID=$!
-cleanup() { kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; rm -rf "$D"; }
-trap cleanup EXIT
-for _ in $(seq 100); do grep -q listening "$D/out" && break; sleep 0.1; done
+source "$(dirname "$0")/fresh_server.sh"
+fresh_server "$BIN"
 ticks() {
   for t in /proc/$PID/task/*; do
     echo "$(tr ' ' _ < "$t/comm") $(awk '{print $14 + $15}' "$t/stat")"
   done | awk '{a[$1] += $2} END {for (k in a) print k, a[k]}' | sort
-}
-revision() {
-  "$CTL" --endpoints $ADDR endpoint status -w json | grep -oE '"revision":[0-9]+' | head -1 | cut -d: -f2
 }
 "$BENCH" "$@" --no-progress --endpoints $ADDR > "$D/bench" 2>&1 &
 BP=$!

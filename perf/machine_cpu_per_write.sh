@@ -14,21 +14,9 @@
 set -euo pipefail
 [[ $# -ge 5 && $4 == -- ]] || { sed -n 5,6p "$0" >&2; exit 2; }
 BIN=$1; WARMUP=$2; WINDOW=$3; shift 4
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BENCH=$ROOT/target/release/corekv-bench
-CTL=$ROOT/target/release/corekvctl
-ADDR=127.0.0.1:24113
+source "$(dirname "$0")/fresh_server.sh"
 DEV=${DISK_DEVICE:-vda}
-D=$(mktemp -d)
-"$BIN" --data-dir "$D/data" --listen-client-urls $ADDR --log-level warn \
-  --quota-backend-bytes 8589934592 > "$D/out" 2>&1 &
-PID=$!
-cleanup() { kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; rm -rf "$D"; }
-trap cleanup EXIT
-for _ in $(seq 100); do grep -q listening "$D/out" && break; sleep 0.1; done
-revision() {
-  "$CTL" --endpoints $ADDR endpoint status -w json | grep -oE '"revision":[0-9]+' | head -1 | cut -d: -f2
-}
+fresh_server "$BIN"
 disk() { awk -v d="$DEV" '$3 == d {print $8, $10}' /proc/diskstats; }
 "$BENCH" "$@" --no-progress --endpoints $ADDR > "$D/bench" 2>&1 &
 BP=$!

@@ -442,6 +442,12 @@ async fn rollover(
     Ok(())
 }
 
+/// A group's write buffer: for the I/O thread, or for glommio's io_uring write.
+enum GroupBuf {
+    Thread(AlignedBuf),
+    Ring(glommio::io::DmaBuffer),
+}
+
 async fn write_group(
     inner: &Inner,
     st: &mut WriterState,
@@ -463,8 +469,18 @@ async fn write_group(
     let end = a.pos + new_bytes as u64;
     assert!(end <= a.size, "writer: group overruns the segment");
     let len = (align_up(end, BLOCK_SIZE as u64) - start) as usize;
-    let mut buf = AlignedBuf::zeroed(len);
-    let b = buf.as_mut_slice();
+    // Decided before encoding, so the records are encoded straight into the buffer of the path
+    // that writes them.
+    let planned = carry.len() + group.iter().map(|p| p.records.len()).sum::<usize>();
+    let mut buf = if planned >= inner.opts.io_thread_min_records {
+        GroupBuf::Thread(AlignedBuf::zeroed(len))
+    } else {
+        GroupBuf::Ring(a.file.alloc_dma_buffer(len))
+    };
+    let b = match &mut buf {
+        GroupBuf::Thread(t) => t.as_mut_slice(),
+        GroupBuf::Ring(d) => d.as_bytes_mut(),
+    };
     b[..tail_len].copy_from_slice(&a.tail);
     let mut off = tail_len;
     let mut first = true;
@@ -507,27 +523,28 @@ async fn write_group(
     let new_tail_start = align_down(off as u64, BLOCK_SIZE as u64) as usize;
     let new_tail = b[new_tail_start..off].to_vec();
 
-    let (write_time, sync_time) = if records as usize >= inner.opts.io_thread_min_records {
-        let times = inner
-            .io
-            .write_and_sync(a.file.as_raw_fd(), buf, start)
-            .await
-            .map_err(|(op, e)| match op {
-                "write" => WalError::io("write", &a.path, Some(start), e),
-                _ => WalError::io(op, &a.path, None, e),
-            })?;
-        (times.write, times.sync)
-    } else {
-        let t0 = Instant::now();
-        let mut dma = a.file.alloc_dma_buffer(len);
-        dma.as_bytes_mut().copy_from_slice(buf.as_mut_slice());
-        segment::write_all(&a.file, &a.path, dma, start).await?;
-        let t1 = Instant::now();
-        a.file
-            .fdatasync()
-            .await
-            .map_err(|e| WalError::io("fdatasync", &a.path, None, e))?;
-        (t1 - t0, t1.elapsed())
+    debug_assert_eq!(records as usize, planned);
+    let (write_time, sync_time) = match buf {
+        GroupBuf::Thread(buf) => {
+            let times = inner
+                .io
+                .write_and_sync(a.file.as_raw_fd(), buf, start)
+                .await
+                .map_err(|(op, e)| {
+                    WalError::io(op, &a.path, (op == "write").then_some(start), e)
+                })?;
+            (times.write, times.sync)
+        }
+        GroupBuf::Ring(dma) => {
+            let t0 = Instant::now();
+            segment::write_all(&a.file, &a.path, dma, start).await?;
+            let t1 = Instant::now();
+            a.file
+                .fdatasync()
+                .await
+                .map_err(|e| WalError::io("fdatasync", &a.path, None, e))?;
+            (t1 - t0, t1.elapsed())
+        }
     };
 
     a.pos = end;
