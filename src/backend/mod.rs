@@ -92,13 +92,36 @@ impl KeyOrder {
     }
 }
 
+/// Size of a new database file (two metas and room for the first transactions).
+pub const MIN_FILE_BYTES: u64 = 64 * 1024;
+
+/// The file length that holds `need` bytes (a whole number of pages): the next power of two
+/// (at least [`MIN_FILE_BYTES`]) up to `step`, whole multiples of `step` beyond it, never more
+/// than `max` (the mapping's size, which `need` never exceeds).
+///
+/// Why geometric: growing a small file straight to a 64 MiB step made an empty store's file
+/// 64 MiB (sparse, but that is what `ls` and the status "db size" show, where etcd's empty
+/// file is tens of KiB), and a defragmented small database no smaller. Doubling keeps the
+/// number of grows (`set_len` calls) logarithmic until the step takes over.
+pub fn file_len_for(need: u64, step: u64, max: u64) -> u64 {
+    let len = if need <= step {
+        need.max(MIN_FILE_BYTES)
+            .checked_next_power_of_two()
+            .map_or(step, |p| p.min(step))
+    } else {
+        need.div_ceil(step).saturating_mul(step)
+    };
+    len.min(max)
+}
+
 /// Tunables for [`Backend::open`].
 #[derive(Clone, Debug)]
 pub struct Options {
     /// Virtual address space reserved for the mapping; the file can grow up to this size
     /// without remapping.
     pub max_map_size: u64,
-    /// Bytes by which the file grows when it needs more pages.
+    /// Most bytes by which the file grows at once. A smaller file doubles instead (from
+    /// [`MIN_FILE_BYTES`]), so a small database has a small file; see [`file_len_for`].
     pub grow_step: u64,
 }
 
@@ -502,7 +525,7 @@ impl Backend {
                 .fdatasync()
                 .await
                 .map_err(|e| Error::io(ctx("fdatasync of new file"), e.into()))?;
-            let init_len = grow_step.max(4 * ps).min(max_pages * ps);
+            let init_len = file_len_for(4 * ps, grow_step, max_pages * ps);
             file.set_len(init_len)
                 .map_err(|e| Error::io(ctx("sizing new file"), e))?;
             gfile
@@ -750,19 +773,19 @@ impl Backend {
         }
     }
 
-    /// Grows the file (by whole `grow_step`s) so it holds `hw` pages.
+    /// Grows the file so it holds `hw` pages (to [`file_len_for`] them).
     fn ensure_len(&self, hw: u64) -> Result<()> {
         let need = hw * PAGE_SIZE as u64;
         let mut st = self.state.borrow_mut();
         if need <= st.file_len {
             return Ok(());
         }
-        let step = self.options.grow_step;
-        let new_len = need
-            .div_ceil(step)
-            .saturating_mul(step)
-            .min(self.max_pages * PAGE_SIZE as u64);
-        debug_assert!(new_len >= need);
+        let new_len = file_len_for(
+            need,
+            self.options.grow_step,
+            self.max_pages * PAGE_SIZE as u64,
+        );
+        debug_assert!(new_len >= need && new_len.is_multiple_of(PAGE_SIZE as u64));
         self.shared.file.set_len(new_len).map_err(|e| {
             Error::io(
                 format!("growing {} to {new_len} bytes", self.shared.path.display()),

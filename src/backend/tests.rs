@@ -1174,3 +1174,76 @@ fn ascending_writes_do_not_map_the_file_into_the_writer() {
         assert_clean(&b);
     });
 }
+
+/// The file doubles from `MIN_FILE_BYTES` up to the grow step, then grows by whole steps,
+/// and never past the mapping.
+#[test]
+fn file_length_doubles_then_grows_by_steps() {
+    let (step, max) = (1 << 20, 1 << 30);
+    let pg = PAGE_SIZE as u64;
+    assert_eq!(file_len_for(4 * pg, step, max), MIN_FILE_BYTES);
+    assert_eq!(file_len_for(MIN_FILE_BYTES, step, max), MIN_FILE_BYTES);
+    assert_eq!(
+        file_len_for(MIN_FILE_BYTES + pg, step, max),
+        2 * MIN_FILE_BYTES
+    );
+    assert_eq!(file_len_for(200 * pg, step, max), step);
+    assert_eq!(file_len_for(step, step, max), step);
+    assert_eq!(file_len_for(step + pg, step, max), 2 * step);
+    assert_eq!(file_len_for(5 * step - pg, step, max), 5 * step);
+    assert_eq!(file_len_for(max, step, max), max);
+    assert_eq!(file_len_for(max - pg, 3 * step, max), max);
+    // A step smaller than the first size, or not a power of two, is still honoured.
+    assert_eq!(file_len_for(4 * pg, pg, max), 4 * pg);
+    assert_eq!(file_len_for(2 * MIN_FILE_BYTES, 3 * pg, max), 33 * pg);
+    assert_eq!(file_len_for(20 * pg, 24 * pg, max), 24 * pg);
+    // Whatever the inputs, the result holds `need` in whole pages.
+    for need in (1..600).map(|n| n * pg) {
+        for step in [pg, 3 * pg, 16 * pg, 100 * pg, step] {
+            let len = file_len_for(need, step, max);
+            assert!(
+                len >= need && len.is_multiple_of(pg),
+                "{need} {step} -> {len}"
+            );
+        }
+    }
+}
+
+/// A new database's file is small, and grows with the data, on disk as in `stats`.
+#[test]
+fn new_file_is_small_and_grows_with_the_data() {
+    run(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let b = Backend::open(&path, opts()).await.unwrap();
+        let on_disk = |b: &Backend| {
+            let len = std::fs::metadata(&path).unwrap().len();
+            assert_eq!(len, b.stats().file_size);
+            len
+        };
+        assert_eq!(on_disk(&b), MIN_FILE_BYTES);
+        let mut sizes = vec![MIN_FILE_BYTES];
+        for round in 0..12u32 {
+            let mut txn = b.begin_write().unwrap();
+            let mut t = txn.open_tree(b"t", KeyOrder::Bytewise).unwrap();
+            for i in 0..100u32 {
+                t.put(&(round * 100 + i).to_be_bytes(), &[7u8; 900])
+                    .unwrap();
+            }
+            txn.publish().await.unwrap();
+            b.sync().await.unwrap();
+            let len = on_disk(&b);
+            assert!(b.stats().in_use_bytes <= len);
+            if len != *sizes.last().unwrap() {
+                sizes.push(len);
+            }
+        }
+        assert_clean(&b);
+        // ~1.1 MB of values: 64 KiB doubling to the 1 MiB step, then 2 MiB.
+        let want: Vec<u64> = [64u64, 128, 256, 512, 1024, 2048]
+            .iter()
+            .map(|k| k << 10)
+            .collect();
+        assert_eq!(sizes, want);
+    });
+}
