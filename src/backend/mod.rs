@@ -71,9 +71,10 @@ impl KeyOrder {
     /// by prefix bytewise, then by the big-endian u64. A key shorter than 8 bytes is a prefix
     /// with no number and sorts before every key with the same prefix and a number. This is a
     /// total order on all byte strings.
+    #[inline]
     pub fn compare(self, a: &[u8], b: &[u8]) -> Ordering {
         match self {
-            KeyOrder::Bytewise => a.cmp(b),
+            KeyOrder::Bytewise => bytewise(a, b),
             KeyOrder::PrefixThenU64 => {
                 fn split(k: &[u8]) -> (&[u8], Option<&[u8]>) {
                     if k.len() >= 8 {
@@ -86,10 +87,23 @@ impl KeyOrder {
                 let (pa, na) = split(a);
                 let (pb, nb) = split(b);
                 // Big-endian u64s compare like their bytes.
-                pa.cmp(pb).then_with(|| na.cmp(&nb))
+                bytewise(pa, pb).then_with(|| na.cmp(&nb))
             }
         }
     }
+}
+
+/// `a.cmp(b)` for byte strings, deciding most comparisons on their first 8 bytes without a
+/// call to `memcmp` (B+tree searches compare short keys that mostly differ early).
+#[inline(always)]
+fn bytewise(a: &[u8], b: &[u8]) -> Ordering {
+    if let (Some(ha), Some(hb)) = (a.first_chunk::<8>(), b.first_chunk::<8>()) {
+        let (ha, hb) = (u64::from_be_bytes(*ha), u64::from_be_bytes(*hb));
+        if ha != hb {
+            return ha.cmp(&hb);
+        }
+    }
+    a.cmp(b)
 }
 
 /// Size of a new database file (two metas and room for the first transactions).

@@ -61,6 +61,36 @@ fn handles_are_thread_safe_as_documented() {
     send_sync::<ReadTxn>();
 }
 
+/// The 8-byte fast path of the bytewise order agrees with plain slice order, including keys
+/// shorter than 8 bytes, keys equal in their first 8 bytes, and bytes above 0x7f.
+#[test]
+fn bytewise_order_is_slice_order() {
+    let alphabet = [0x00u8, 0x01, 0x7f, 0x80, 0xff];
+    // Every key of length 0..=3 over the alphabet, then each extended to lengths 7..=10 by a
+    // shared 7-byte stem, so pairs differ before, at and after byte 8.
+    let mut short = vec![Vec::new()];
+    for len in 1..=3 {
+        let mut next = Vec::new();
+        for k in short.iter().filter(|k: &&Vec<u8>| k.len() == len - 1) {
+            for &b in &alphabet {
+                next.push([&k[..], &[b]].concat());
+            }
+        }
+        short.extend(next);
+    }
+    let stem = [0x80u8, 0, 0xff, 7, 7, 0x7f, 1];
+    let mut keys = short.clone();
+    for k in &short {
+        keys.push([&stem[..], k].concat());
+        keys.push([&stem[..1], k, &stem[1..]].concat());
+    }
+    for a in &keys {
+        for b in &keys {
+            assert_eq!(KeyOrder::Bytewise.compare(a, b), a.cmp(b), "{a:?} vs {b:?}");
+        }
+    }
+}
+
 #[test]
 fn prefix_then_u64_orders_by_prefix_then_number() {
     let o = KeyOrder::PrefixThenU64;

@@ -1221,17 +1221,26 @@ struct TxnRes<'a> {
 }
 
 impl<'a> Resolve<'a> for TxnRes<'a> {
-    #[inline]
+    // Inline keys are the common case of every search probe: keep that path in the caller.
+    #[inline(always)]
     fn resolve(&self, loc: Loc<'a>) -> Result<&'a [u8]> {
         match loc {
             Loc::Inline(b) => Ok(b),
-            Loc::Ovf(pg, len) => match self.runs.get(&pg) {
-                Some(buf) if HDR + len <= buf.len() => Ok(&buf[HDR..HDR + len]),
-                Some(_) => Err(internal(&format!(
-                    "dirty run {pg} is shorter than the {len} bytes referenced"
-                ))),
-                None => self.v.overflow(pg, len),
-            },
+            Loc::Ovf(pg, len) => self.resolve_run(pg, len),
+        }
+    }
+}
+
+impl<'a> TxnRes<'a> {
+    #[cold]
+    #[inline(never)]
+    fn resolve_run(&self, pg: u64, len: usize) -> Result<&'a [u8]> {
+        match self.runs.get(&pg) {
+            Some(buf) if HDR + len <= buf.len() => Ok(&buf[HDR..HDR + len]),
+            Some(_) => Err(internal(&format!(
+                "dirty run {pg} is shorter than the {len} bytes referenced"
+            ))),
+            None => self.v.overflow(pg, len),
         }
     }
 }
