@@ -117,7 +117,7 @@ pub const MIN_FILE_BYTES: u64 = 64 * 1024;
 /// 64 MiB (sparse, but that is what `ls` and the status "db size" show, where etcd's empty
 /// file is tens of KiB), and a defragmented small database no smaller. Doubling keeps the
 /// number of grows (`set_len` calls) logarithmic until the step takes over.
-pub fn file_len_for(need: u64, step: u64, max: u64) -> u64 {
+pub(crate) fn file_len_for(need: u64, step: u64, max: u64) -> u64 {
     let len = if need <= step {
         need.max(MIN_FILE_BYTES)
             .checked_next_power_of_two()
@@ -135,7 +135,7 @@ pub struct Options {
     /// without remapping.
     pub max_map_size: u64,
     /// Most bytes by which the file grows at once. A smaller file doubles instead (from
-    /// [`MIN_FILE_BYTES`]), so a small database has a small file; see [`file_len_for`].
+    /// [`MIN_FILE_BYTES`]), so a small database has a small file.
     pub grow_step: u64,
 }
 

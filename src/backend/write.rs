@@ -1232,6 +1232,8 @@ impl<'a> Resolve<'a> for TxnRes<'a> {
 }
 
 impl<'a> TxnRes<'a> {
+    /// The bytes of the overflow run at `pg`: this transaction's own unwritten run, or the
+    /// snapshot's (checked to hold exactly `len` bytes).
     #[cold]
     #[inline(never)]
     fn resolve_run(&self, pg: u64, len: usize) -> Result<&'a [u8]> {
