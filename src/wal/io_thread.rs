@@ -78,7 +78,8 @@ impl Drop for AlignedBuf {
     }
 }
 
-/// How a job failed: the syscall (`"write"` or `"fdatasync"`) and its error.
+/// How a job failed: the syscall (`"dup"` of the descriptor, `"write"` or `"fdatasync"`) and
+/// its error.
 pub type JobError = (&'static str, io::Error);
 
 /// What a job measured: time in `pwrite` and in `fdatasync`.
@@ -129,7 +130,7 @@ impl IoThread {
         // descriptor that the job then owns.
         let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
         if dup < 0 {
-            return Err(("write", io::Error::last_os_error()));
+            return Err(("dup", io::Error::last_os_error()));
         }
         // SAFETY: `dup` is a fresh descriptor nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(dup) };
