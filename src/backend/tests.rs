@@ -982,9 +982,8 @@ fn zeroed_new_file_is_initialised() {
     });
 }
 
-/// A publish of many scattered pages (many separate `pwritev`s and yields, each page sealed
-/// just before it is written) is exactly what readers see through the mapping at once, and
-/// what a reopen finds after a sync.
+/// A publish of many scattered pages (many separate `pwritev`s and yields) is exactly what
+/// readers see through the mapping at once, and what a reopen finds after a sync.
 #[test]
 fn scattered_publish_reads_back_through_the_mapping_and_after_reopen() {
     let dir = tempfile::tempdir().unwrap();

@@ -94,8 +94,8 @@ impl std::hash::Hasher for PageIdHasher {
 pub(crate) type PageMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<PageIdHasher>>;
 
 /// A dirty page or run handed to publish: its bytes and the header fields [`seal`] fills in.
-/// Publish seals it only right before writing it, so computing checksums overlaps with the
-/// writes already handed to the kernel.
+/// Publish seals every page of the transaction, then writes them (sealing each page right
+/// before its own write measured no faster: `perf/backend.md`, "Copy-on-write bookkeeping").
 pub(crate) struct DirtyPage {
     /// First page id.
     pub id: u64,
@@ -592,9 +592,10 @@ impl TxnCore {
                 seps.push(sep);
             }
         }
-        debug_assert!(seps
-            .iter()
-            .all(|c| self.nodes[&rd_u64(c, 0)].size() <= USABLE));
+        debug_assert!(seps.iter().all(|c| self
+            .nodes
+            .get_mut(&rd_u64(c, 0))
+            .is_some_and(|n| n.size() <= USABLE)));
         Ok(seps)
     }
 
@@ -788,10 +789,11 @@ impl TxnCore {
     /// merges it with a sibling (re-splitting evenly if the two do not fit one page) if it is
     /// less than [`MIN_FILL`] full. Returns the branch cells of siblings split off `parent`.
     fn fix_child(&mut self, parent: u64, i: usize) -> Result<Vec<Vec<u8>>> {
-        let pp = self.page(parent)?;
-        let nchildren = view::count(pp);
-        let child = view::branch_child(pp, i);
-        let (len, size) = match self.nodes.get(&child) {
+        let (nchildren, child) = {
+            let pp = self.page(parent)?;
+            (view::count(pp), view::branch_child(pp, i))
+        };
+        let (len, size) = match self.nodes.get_mut(&child) {
             Some(n) => (n.len(), n.size()),
             None => return Err(internal("deleted-from child is clean")),
         };
@@ -829,6 +831,7 @@ impl TxnCore {
         } else {
             (i - 1, i)
         };
+        let pp = self.page(parent)?;
         let (lpg, rpg) = (view::branch_child(pp, l), view::branch_child(pp, r));
         let lid = self.cow(lpg)?;
         let rid = self.cow(rpg)?;
