@@ -20,6 +20,14 @@ mod watch;
 
 use std::process::ExitCode;
 
+/// mimalloc, as in the server: with glibc's malloc, allocation and free took ~21% of the load
+/// generator's CPU in `watch-latency` (Cap'n Proto messages, answer tables and futures per
+/// event message), CPU the server it measures shares on a small machine
+/// (`perf/watch-lease.md`, "The load generator's allocator"). Every target and every backend
+/// engine runs under the same allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn usage() -> &'static str {
     "usage: corekv-bench <subcommand> [flags]   (corekv-bench <subcommand> --help for flags)\n\
      load (--target corekv|etcd): put, range, txn-put, txn-mixed, check-perf, first-read\n\
