@@ -321,8 +321,12 @@ fn model_random_ops_with_splits_merges_and_overflow() {
         let t = r.tree(b"kv").unwrap().unwrap();
         assert_eq!(t.count(..).unwrap(), 0);
         let rep = b.check().unwrap();
-        // Only the catalog leaf and the (short) freelist chain remain reachable.
-        assert!(rep.reachable_pages <= 8, "{rep:?}");
+        // Only the catalog leaf and the freelist chain remain reachable (a leak would be one
+        // of `check`'s problems). The chain grows with the free set's fragmentation, i.e.
+        // with the number of rounds, so it is counted, not bounded.
+        assert!(rep.problems.is_empty(), "{rep:?}");
+        let chain_pages: u64 = b.state.borrow().chain.iter().map(|&(_, n)| n).sum();
+        assert_eq!(rep.reachable_pages, 1 + chain_pages, "{rep:?}");
     });
 }
 
