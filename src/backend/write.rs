@@ -95,7 +95,8 @@ pub(crate) type PageMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<PageI
 
 /// A dirty page or run handed to publish: its bytes and the header fields [`seal`] fills in.
 /// Publish seals every page of the transaction, then writes them (sealing each page right
-/// before its own write measured no faster: `perf/backend.md`, "Copy-on-write bookkeeping").
+/// before its own write gave no consistent gain: `perf/backend.md`, "Copy-on-write
+/// bookkeeping").
 pub(crate) struct DirtyPage {
     /// First page id.
     pub id: u64,
