@@ -44,7 +44,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use capnp_rpc::rpc_twoparty_capnp::Side;
-use capnp_rpc::{twoparty, RpcSystem};
+use capnp_rpc::RpcSystem;
 use futures::{AsyncRead, AsyncWrite, FutureExt};
 
 use crate::api::{self, Header};
@@ -316,13 +316,13 @@ impl Client {
         options.traversal_limit_in_words(Some(MAX_RESPONSE_BYTES / 8));
         let (writer, flusher) = crate::net::CoalescingWriter::new(writer);
         self.runtime.spawn_local(flusher);
-        let network = twoparty::VatNetwork::new(
+        let network = crate::net::rpc_network(
             futures::io::BufReader::new(reader),
             writer,
             Side::Client,
             options,
         );
-        let mut rpc = RpcSystem::new(Box::new(network), None);
+        let mut rpc = RpcSystem::new(network, None);
         let bootstrap: core_kv::Client = rpc.bootstrap(Side::Server);
         let alive = Rc::new(Cell::new(true));
         let flag = alive.clone();

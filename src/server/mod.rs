@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use capnp_rpc::rpc_twoparty_capnp::Side;
-use capnp_rpc::{twoparty, RpcSystem};
+use capnp_rpc::RpcSystem;
 use futures::channel::oneshot;
 use futures::{AsyncReadExt, FutureExt};
 use glommio::net::TcpListener;
@@ -329,7 +329,7 @@ async fn serve(
                     let (writer, flusher) =
                         crate::net::CoalescingWriter::with_direct_send(writer, fd);
                     glommio::spawn_local(flusher).detach();
-                    let network = twoparty::VatNetwork::new(
+                    let network = crate::net::rpc_network(
                         futures::io::BufReader::with_capacity(CONNECTION_BUFFER_BYTES, reader),
                         writer,
                         Side::Server,
@@ -337,7 +337,7 @@ async fn serve(
                     );
                     let bootstrap: core_kv::Client =
                         capnp_rpc::new_client(CoreKvService::new(ctx.clone()));
-                    let rpc = RpcSystem::new(Box::new(network), Some(bootstrap.client));
+                    let rpc = RpcSystem::new(network, Some(bootstrap.client));
                     let live = live.clone();
                     let id = next_connection.get();
                     next_connection.set(id + 1);
