@@ -359,13 +359,13 @@ async fn follow(
 /// One received event: (revision, kind, key, value, prev value).
 type Received = (i64, EventKind, Vec<u8>, Vec<u8>, Option<Vec<u8>>);
 
-/// Checks every guarantee for every watcher instance of a recording.
 /// Revisions `start..=end` as a `BTreeMap` range, empty when the watcher starts after `end`
 /// (one resumed at the final revision + 1, or a bookmark older than its start).
 fn revisions(start: i64, end: i64) -> std::ops::Range<i64> {
     start.min(end + 1)..end + 1
 }
 
+/// Checks every guarantee for every watcher instance of a recording.
 fn check(rec: &Recording, truth: &BTreeMap<i64, Vec<Change>>, final_rev: i64, resumed: &[i64]) {
     // prev value of every change, from the acknowledged history (all writes are ours).
     let mut state: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
