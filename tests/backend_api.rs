@@ -555,6 +555,7 @@ fn aborted_txns_leave_no_trace() {
         let opts = Options {
             max_map_size: 1 << 30,
             grow_step: 1 << 20,
+            ..Options::default()
         };
         let b = Backend::open(&path, opts).await.unwrap();
         let mut w = b.begin_write().unwrap();
@@ -617,6 +618,7 @@ fn freed_pages_are_reused() {
         let opts = Options {
             max_map_size: 1 << 30,
             grow_step: 1 << 20,
+            ..Options::default()
         };
         let b = Backend::open(&path, opts).await.unwrap();
         for round in 0..rounds {
@@ -889,6 +891,7 @@ fn map_full_is_an_error_and_recoverable() {
         let opts = Options {
             max_map_size: 4 << 20,
             grow_step: 1 << 20,
+            ..Options::default()
         };
         let b = Backend::open(&path, opts.clone()).await.unwrap();
         let mut model = Model::default();
@@ -969,6 +972,7 @@ fn map_full_is_an_error_and_recoverable() {
         let tiny = Options {
             max_map_size: 64 << 10,
             grow_step: 1 << 20,
+            ..Options::default()
         };
         match Backend::open(&path, tiny).await {
             Err(Error::MapFull | Error::TooLarge { .. } | Error::Io { .. } | Error::Corrupt(_)) => {

@@ -398,6 +398,7 @@ fn readers_see_exact_snapshots_while_writer_commits() {
         let options = Options {
             max_map_size: 16 << 30,
             grow_step: corekv::backend::PAGE_SIZE as u64,
+            ..Options::default()
         };
         let b = Backend::open(&path, options).await.unwrap();
         let sh = Arc::new(Shared::default());

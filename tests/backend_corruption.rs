@@ -34,6 +34,7 @@ fn small_options() -> Options {
     Options {
         max_map_size: 1 << 30,
         grow_step: 1 << 20,
+        ..Options::default()
     }
 }
 

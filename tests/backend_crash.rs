@@ -165,6 +165,7 @@ fn child_options(overlap: bool) -> Options {
         Options {
             max_map_size: 16 << 30,
             grow_step: PAGE_SIZE as u64,
+            ..Options::default()
         }
     } else {
         Options::default()

@@ -830,6 +830,7 @@ fn case_options(tiny_growth: bool) -> Options {
         Options {
             max_map_size: 1 << 30,
             grow_step: PAGE_SIZE as u64,
+            ..Options::default()
         }
     } else {
         Options::default()

@@ -32,6 +32,10 @@ mod readers;
 mod recent;
 mod view;
 mod write;
+mod writeback;
+
+use writeback::Writeback;
+pub use writeback::{WritebackStats, WRITEBACK_KICK_BYTES};
 
 pub use check::MAX_CHECK_PROBLEMS;
 pub use freelist::MAX_FREELIST_SEGMENTS;
@@ -137,6 +141,10 @@ pub struct Options {
     /// Most bytes by which the file grows at once. A smaller file doubles instead (from
     /// [`MIN_FILE_BYTES`]), so a small database has a small file.
     pub grow_step: u64,
+    /// Run a writeback thread that starts the kernel's writeback of published pages before a
+    /// sync needs them: publish kicks it every [`WRITEBACK_KICK_BYTES`] it writes, and
+    /// [`Backend::start_writeback`] kicks it on demand. Changes no durability rule.
+    pub writeback: bool,
 }
 
 impl Default for Options {
@@ -144,6 +152,7 @@ impl Default for Options {
         Options {
             max_map_size: 64 << 30,
             grow_step: 64 << 20,
+            writeback: true,
         }
     }
 }
@@ -301,6 +310,10 @@ pub struct Backend {
     recent: RefCell<recent::RecentPages>,
     writer_busy: Cell<bool>,
     sync_lock: glommio::sync::Semaphore,
+    /// See [`Options::writeback`].
+    writeback: Option<Writeback>,
+    /// Bytes written by publishes since the writeback thread was last kicked.
+    unkicked_bytes: Cell<u64>,
 }
 
 /// A thread-safe handle for starting read transactions on any thread.
@@ -585,6 +598,11 @@ impl Backend {
             Error::Corrupt(m) => Error::Corrupt(format!("{}: {m}", path.display())),
             e => e,
         })?;
+        let writeback = if options.writeback {
+            Some(Writeback::start(&path)?)
+        } else {
+            None
+        };
         let shared = Arc::new(Shared {
             path,
             file,
@@ -599,6 +617,7 @@ impl Backend {
             options: Options {
                 max_map_size: options.max_map_size,
                 grow_step,
+                writeback: options.writeback,
             },
             max_pages,
             state: RefCell::new(WriterState {
@@ -614,7 +633,35 @@ impl Backend {
             recent: RefCell::new(recent::RecentPages::default()),
             writer_busy: Cell::new(false),
             sync_lock: glommio::sync::Semaphore::new(1),
+            writeback,
+            unkicked_bytes: Cell::new(0),
         })
+    }
+
+    /// Asks the writeback thread (if [`Options::writeback`]) to start the kernel's writeback
+    /// of every page published so far; returns at once (at most one thread wake-up). Makes
+    /// nothing durable: only [`Backend::sync`] does.
+    pub fn start_writeback(&self) {
+        if let Some(w) = &self.writeback {
+            self.unkicked_bytes.set(0);
+            w.kick();
+        }
+    }
+
+    /// The writeback thread's counters (None without [`Options::writeback`]).
+    pub fn writeback_stats(&self) -> Option<WritebackStats> {
+        self.writeback.as_ref().map(Writeback::stats)
+    }
+
+    /// Counts `bytes` just written by a publish and kicks the writeback thread once
+    /// [`WRITEBACK_KICK_BYTES`] have accumulated.
+    fn wrote(&self, bytes: u64) {
+        let n = self.unkicked_bytes.get() + bytes;
+        if n >= WRITEBACK_KICK_BYTES {
+            self.start_writeback();
+        } else {
+            self.unkicked_bytes.set(n);
+        }
     }
 
     /// A handle for readers on other threads.
@@ -822,6 +869,8 @@ impl Backend {
     /// beyond the old high water, so they are clean in the page cache and the copy rarely
     /// waits for the disk. To bound how long other tasks on this executor wait, publish
     /// yields to the scheduler (if it wants the thread) every [`PUBLISH_YIELD_PAGES`] pages.
+    /// Every [`WRITEBACK_KICK_BYTES`] written, the writeback thread is kicked (see
+    /// `writeback.rs`), so the disk is already writing while the rest is copied.
     async fn write_pages(&self, pages: &mut [DirtyPage], txid: u64) -> Result<()> {
         for p in pages.iter_mut() {
             p.seal(txid);
@@ -842,6 +891,7 @@ impl Backend {
                 && (pos != end || (end - start) as usize + piece.len() > MAX_WRITE_BYTES)
             {
                 pwritev_all(fd, &group, start, path)?;
+                self.wrote(end - start);
                 since_yield += (end - start) as usize;
                 group.clear();
                 if since_yield >= PUBLISH_YIELD_PAGES as usize * PAGE_SIZE {
@@ -857,6 +907,7 @@ impl Backend {
         }
         if !group.is_empty() {
             pwritev_all(fd, &group, start, path)?;
+            self.wrote(end - start);
         }
         Ok(())
     }

@@ -23,6 +23,7 @@ fn opts() -> Options {
     Options {
         max_map_size: 1 << 30,
         grow_step: 1 << 20,
+        writeback: true,
     }
 }
 
@@ -847,6 +848,7 @@ fn map_full_is_an_error_not_a_crash() {
         let o = Options {
             max_map_size: 64 * PAGE_SIZE as u64,
             grow_step: 16 * PAGE_SIZE as u64,
+            writeback: false,
         };
         let b = Backend::open(&path, o).await.unwrap();
         let mut w = b.begin_write().unwrap();
@@ -1278,5 +1280,70 @@ fn new_file_is_small_and_grows_with_the_data() {
             .map(|k| k << 10)
             .collect();
         assert_eq!(sizes, want);
+    });
+}
+
+/// Publish starts the kernel's writeback once it has written `WRITEBACK_KICK_BYTES` (so a
+/// large transaction's sync finds its first pages already on their way to the disk), not for a
+/// small transaction, and not at all without `Options::writeback`.
+#[test]
+fn large_publishes_kick_the_writeback_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let off = dir.path().join("db-no-writeback");
+    run(move || async move {
+        let value = vec![7u8; 8 * 1024];
+        let values = (2 * WRITEBACK_KICK_BYTES as usize).div_ceil(value.len());
+
+        let b = Backend::open(&path, opts()).await.unwrap();
+        let mut w = b.begin_write().unwrap();
+        w.open_tree(b"kv", KeyOrder::Bytewise)
+            .unwrap()
+            .put(b"small", b"1")
+            .unwrap();
+        w.publish().await.unwrap();
+        // Rounds run only when kicked, so this is not a race: a few pages never kick.
+        assert_eq!(b.writeback_stats().unwrap().rounds, 0);
+
+        let mut w = b.begin_write().unwrap();
+        {
+            let mut t = w.open_tree(b"kv", KeyOrder::Bytewise).unwrap();
+            for i in 0..values {
+                t.put(format!("big{i:05}").as_bytes(), &value).unwrap();
+            }
+        }
+        w.publish().await.unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let stats = b.writeback_stats().unwrap();
+            assert_eq!((stats.failures, &stats.first_error), (0, &None));
+            if stats.rounds > 0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no writeback round 20 s after publishing {values} values of 8 KiB"
+            );
+            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        b.sync().await.unwrap();
+        assert_clean(&b);
+
+        let o = Options {
+            writeback: false,
+            ..opts()
+        };
+        let b = Backend::open(&off, o).await.unwrap();
+        let mut w = b.begin_write().unwrap();
+        {
+            let mut t = w.open_tree(b"kv", KeyOrder::Bytewise).unwrap();
+            for i in 0..values {
+                t.put(format!("big{i:05}").as_bytes(), &value).unwrap();
+            }
+        }
+        w.publish().await.unwrap();
+        assert!(b.writeback_stats().is_none());
+        b.sync().await.unwrap();
+        assert_clean(&b);
     });
 }

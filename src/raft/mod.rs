@@ -220,9 +220,6 @@ impl RaftShard {
         let reader = backend.reader();
         let mut applier = Applier::new(backend, config.limits.clone(), config.quota_backend_bytes)
             .map_err(|e| format!("read backend state: {e}"))?;
-        applier.set_writeback(crate::server::applier::Writeback::start(
-            &config.data_dir.join(BACKEND_FILE),
-        )?);
         if let Some(fan_out) = config.watch.clone() {
             applier.set_watch_fan_out(fan_out);
         }
