@@ -1283,6 +1283,18 @@ fn new_file_is_small_and_grows_with_the_data() {
     });
 }
 
+/// Puts `count` copies of `value` under distinct keys in one transaction and publishes it.
+async fn publish_values(b: &Backend, count: usize, value: &[u8]) {
+    let mut w = b.begin_write().unwrap();
+    {
+        let mut t = w.open_tree(b"kv", KeyOrder::Bytewise).unwrap();
+        for i in 0..count {
+            t.put(format!("big{i:05}").as_bytes(), value).unwrap();
+        }
+    }
+    w.publish().await.unwrap();
+}
+
 /// Publish starts the kernel's writeback once it has written `WRITEBACK_KICK_BYTES` (so a
 /// large transaction's sync finds its first pages already on their way to the disk), not for a
 /// small transaction, and not at all without `Options::writeback`.
@@ -1296,23 +1308,11 @@ fn large_publishes_kick_the_writeback_thread() {
         let values = (2 * WRITEBACK_KICK_BYTES as usize).div_ceil(value.len());
 
         let b = Backend::open(&path, opts()).await.unwrap();
-        let mut w = b.begin_write().unwrap();
-        w.open_tree(b"kv", KeyOrder::Bytewise)
-            .unwrap()
-            .put(b"small", b"1")
-            .unwrap();
-        w.publish().await.unwrap();
+        publish_values(&b, 1, b"small").await;
         // Rounds run only when kicked, so this is not a race: a few pages never kick.
         assert_eq!(b.writeback_stats().unwrap().rounds, 0);
 
-        let mut w = b.begin_write().unwrap();
-        {
-            let mut t = w.open_tree(b"kv", KeyOrder::Bytewise).unwrap();
-            for i in 0..values {
-                t.put(format!("big{i:05}").as_bytes(), &value).unwrap();
-            }
-        }
-        w.publish().await.unwrap();
+        publish_values(&b, values, &value).await;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         loop {
             let stats = b.writeback_stats().unwrap();
@@ -1334,14 +1334,7 @@ fn large_publishes_kick_the_writeback_thread() {
             ..opts()
         };
         let b = Backend::open(&off, o).await.unwrap();
-        let mut w = b.begin_write().unwrap();
-        {
-            let mut t = w.open_tree(b"kv", KeyOrder::Bytewise).unwrap();
-            for i in 0..values {
-                t.put(format!("big{i:05}").as_bytes(), &value).unwrap();
-            }
-        }
-        w.publish().await.unwrap();
+        publish_values(&b, values, &value).await;
         assert!(b.writeback_stats().is_none());
         b.sync().await.unwrap();
         assert_clean(&b);

@@ -12,9 +12,10 @@
 //!   ([`super::Backend::start_writeback`]), so that the WAL's small write + fdatasync that every
 //!   put waits on does not queue behind a 100 ms sync's burst.
 //!
-//! Durability is unchanged: nothing here makes a page durable or writes a meta page, and the
-//! pages written are never reachable from the durable meta (copy-on-write), so a crash at any
-//! point recovers exactly as without it.
+//! Durability is unchanged: nothing here makes a page durable or writes a page. The pages a
+//! publish wrote are ones the durable meta cannot reach (copy-on-write), and a meta page is
+//! written only by a sync, after its data `fdatasync`; so a crash at any point recovers exactly
+//! as it would without this thread.
 
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
