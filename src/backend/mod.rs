@@ -615,9 +615,8 @@ impl Backend {
             shared,
             file: gfile,
             options: Options {
-                max_map_size: options.max_map_size,
                 grow_step,
-                writeback: options.writeback,
+                ..options
             },
             max_pages,
             state: RefCell::new(WriterState {
