@@ -80,9 +80,13 @@ pub fn check(data_dir: &Path) -> Result<(PathBuf, CheckReport), String> {
 /// the next start replays the same entries it would have.
 pub async fn defrag(data_dir: &Path) -> Result<DefragReport, String> {
     let path = backend_file(data_dir)?;
-    let source = Backend::open(&path, backend::Options::default())
-        .await
-        .map_err(describe)?;
+    // Nothing else runs on this executor: the copy's syncs may block it (the copy inherits
+    // the source's options).
+    let options = backend::Options {
+        blocking_sync: true,
+        ..backend::Options::default()
+    };
+    let source = Backend::open(&path, options).await.map_err(describe)?;
     let before = source.stats();
     let temp = data_dir.join(DEFRAG_TEMP_FILE);
     match std::fs::remove_file(&temp) {

@@ -823,8 +823,8 @@ impl Harness {
     }
 }
 
-/// Options of a case: the default, or a one-page growth step so that the file grows (and the
-/// growth path runs) on almost every publish.
+/// Options of a case: the default but with blocking syncs, or a one-page growth step so that
+/// the file grows (and the growth path runs) on almost every publish, with io_uring syncs.
 fn case_options(tiny_growth: bool) -> Options {
     if tiny_growth {
         Options {
@@ -833,7 +833,10 @@ fn case_options(tiny_growth: bool) -> Options {
             ..Options::default()
         }
     } else {
-        Options::default()
+        Options {
+            blocking_sync: true,
+            ..Options::default()
+        }
     }
 }
 

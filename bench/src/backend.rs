@@ -113,6 +113,9 @@ pub struct Config {
     pub engines: Vec<EngineKind>,
     /// Address space corekv and LMDB reserve for their maps.
     pub map_size: u64,
+    /// corekv's sync as blocking syscalls (`backend::Options::blocking_sync`), like LMDB's and
+    /// redb's commits; false: through io_uring, as the server's raft shard runs it.
+    pub corekv_blocking_sync: bool,
     /// Print JSON on stdout and the table on stderr.
     pub json: bool,
 }
@@ -138,6 +141,7 @@ impl Default for Config {
             rounds: 3,
             engines: EngineKind::ALL.to_vec(),
             map_size: DEFAULT_MAP_SIZE,
+            corekv_blocking_sync: true,
             json: false,
         }
     }
@@ -167,6 +171,8 @@ fn usage() -> String {
          --engines A,B,..     engines to run [corekv,lmdb,redb]\n\
          --seed N             seed of keys, values and random choices [{}]\n\
          --map-size BYTES     address space corekv and LMDB reserve for their maps [{}]\n\
+         --corekv-sync MODE   blocking: corekv's sync blocks its thread, as LMDB's and redb's\n\
+                              commits do; ring: through io_uring, as in the server [blocking]\n\
          --json               print JSON on stdout (the table goes to stderr)\n",
         d.dir.display(),
         d.keys,
@@ -265,6 +271,17 @@ fn parse_args(args: &[String]) -> Result<Option<Config>, String> {
                         "--map-size: {} is not a multiple of the 4096-byte page (LMDB needs it)",
                         cfg.map_size
                     ));
+                }
+            }
+            "--corekv-sync" => {
+                cfg.corekv_blocking_sync = match value()?.as_str() {
+                    "blocking" => true,
+                    "ring" => false,
+                    other => {
+                        return Err(format!(
+                            "--corekv-sync: {other:?} is neither blocking nor ring"
+                        ))
+                    }
                 }
             }
             "--engines" => {
@@ -510,7 +527,7 @@ async fn run_engine<E: Engine>(
     round: usize,
 ) -> Result<EngineRun, String> {
     let kind = EngineKind::parse(E::NAME)?;
-    let mut engine = E::open(dir, cfg.map_size).await?;
+    let mut engine = E::open(dir, cfg).await?;
     let mut phases = Vec::new();
     let mut next = 0u64; // index of the next key to write
 
@@ -799,7 +816,11 @@ mod tests {
             value_size: 24,
             seed: 3,
         };
-        let mut engine = E::open(dir, 1 << 30).await.unwrap();
+        let cfg = Config {
+            map_size: 1 << 30,
+            ..Config::default()
+        };
+        let mut engine = E::open(dir, &cfg).await.unwrap();
         engine
             .write(&Batch::generate(&shape, 0, 200))
             .await
@@ -891,7 +912,12 @@ mod tests {
         assert_eq!(cfg.rounds, 5);
         assert_eq!(cfg.shape.value_size, 100);
         assert!(cfg.json);
+        assert!(cfg.corekv_blocking_sync, "blocking is the default");
+        let ring = parse_args(&args("--corekv-sync ring")).unwrap().unwrap();
+        assert!(!ring.corekv_blocking_sync);
         for bad in [
+            "--corekv-sync",
+            "--corekv-sync fast",
             "--keys",
             "--keys x",
             "--keys 0",

@@ -145,6 +145,15 @@ pub struct Options {
     /// sync needs them: publish kicks it every [`WRITEBACK_KICK_BYTES`] it writes, and
     /// [`Backend::start_writeback`] kicks it on demand. Changes no durability rule.
     pub writeback: bool,
+    /// Make [`Backend::sync`] issue its two `fdatasync`s and its meta page write as blocking
+    /// syscalls on the calling thread instead of through io_uring. io_uring hands every fsync
+    /// to a kernel worker thread and its completion back to the executor, which cost 50-90 µs
+    /// per sync here (`perf/backend.md`, "Blocking sync"); a blocking call adds nothing, but
+    /// no other task of the executor runs until the disk answers (a large commit: tens of
+    /// ms). So: on for a thread that only commits (an embedded writer, offline maintenance),
+    /// off for an executor that also serves (the server's raft shard). Durability and the
+    /// order of the steps are the same either way.
+    pub blocking_sync: bool,
 }
 
 impl Default for Options {
@@ -153,6 +162,7 @@ impl Default for Options {
             max_map_size: 64 << 30,
             grow_step: 64 << 20,
             writeback: true,
+            blocking_sync: false,
         }
     }
 }
@@ -270,7 +280,8 @@ pub(crate) struct Shared {
     path: PathBuf,
     /// The data file. Holds the exclusive flock for as long as any handle (writer or reader)
     /// lives, so no other writer can reuse pages a live reader still sees; also grows the
-    /// file, and serves the debug builds' check of the writer's page cache.
+    /// file, carries [`Options::blocking_sync`]'s syncs, and serves the debug builds' check
+    /// of the writer's page cache.
     file: std::fs::File,
     /// The whole reserved range; only pages below a snapshot's high water are ever touched.
     map: memmap2::Mmap,
@@ -721,7 +732,8 @@ impl Backend {
     ///
     /// Concurrent calls are serialised; a call that finds nothing new published returns at
     /// once. The meta goes to the slot *not* holding the current durable meta, so a torn meta
-    /// write falls back to the previous durable state.
+    /// write falls back to the previous durable state. With [`Options::blocking_sync`] the
+    /// disk waits block the calling thread instead of yielding to the executor.
     pub async fn sync(&self) -> Result<u64> {
         let _permit = self
             .sync_lock
@@ -734,12 +746,10 @@ impl Backend {
             return Ok(synced);
         }
         let path = &self.shared.path;
-        self.file.fdatasync().await.map_err(|e| {
-            Error::io(
-                format!("fdatasync (data pages) of {}", path.display()),
-                e.into(),
-            )
-        })?;
+        let data_sync_err =
+            |e| Error::io(format!("fdatasync (data pages) of {}", path.display()), e);
+        let meta_sync_err =
+            |e| Error::io(format!("fdatasync (meta page) of {}", path.display()), e);
         let slot = 1 - self.state.borrow().durable_slot;
         let meta = Meta {
             txid: snap.txid,
@@ -747,14 +757,35 @@ impl Backend {
             freelist: snap.freelist,
             freelist_pages: snap.freelist_pages,
             high_water: snap.high_water,
-        };
-        write_all(&self.file, meta.encode(), (slot * PAGE_SIZE) as u64, path).await?;
-        self.file.fdatasync().await.map_err(|e| {
-            Error::io(
-                format!("fdatasync (meta page) of {}", path.display()),
-                e.into(),
-            )
-        })?;
+        }
+        .encode();
+        let meta_pos = (slot * PAGE_SIZE) as u64;
+        // Data pages durable before the meta that references them is written.
+        if self.options.blocking_sync {
+            let file = &self.shared.file;
+            file.sync_data().map_err(data_sync_err)?;
+            file.write_all_at(&meta, meta_pos).map_err(|e| {
+                let len = meta.len();
+                Error::io(
+                    format!(
+                        "writing {len} bytes at offset {meta_pos} of {}",
+                        path.display()
+                    ),
+                    e,
+                )
+            })?;
+            file.sync_data().map_err(meta_sync_err)?;
+        } else {
+            self.file
+                .fdatasync()
+                .await
+                .map_err(|e| data_sync_err(e.into()))?;
+            write_all(&self.file, meta, meta_pos, path).await?;
+            self.file
+                .fdatasync()
+                .await
+                .map_err(|e| meta_sync_err(e.into()))?;
+        }
         self.state.borrow_mut().durable_slot = slot;
         self.shared.synced.store(snap.txid, SeqCst);
         Ok(snap.txid)

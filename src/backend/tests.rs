@@ -24,6 +24,7 @@ fn opts() -> Options {
         max_map_size: 1 << 30,
         grow_step: 1 << 20,
         writeback: true,
+        blocking_sync: false,
     }
 }
 
@@ -615,6 +616,21 @@ fn flip(path: &Path, offset: u64) {
 
 #[test]
 fn torn_meta_falls_back_and_both_bad_is_refused() {
+    torn_meta_case(false);
+}
+
+#[test]
+fn blocking_sync_alternates_metas_like_the_ring_sync() {
+    torn_meta_case(true);
+}
+
+/// Two synced transactions: the second is what a reopen sees; with its meta torn, the first;
+/// with both torn, a refusal naming both metas.
+fn torn_meta_case(blocking_sync: bool) {
+    let opts = move || Options {
+        blocking_sync,
+        ..opts()
+    };
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
     let p2 = path.clone();
@@ -632,6 +648,16 @@ fn torn_meta_falls_back_and_both_bad_is_refused() {
         }
         let slot = b.state.borrow().durable_slot;
         (txids[0], txids[1], slot)
+    });
+    let p4 = path.clone();
+    run(move || async move {
+        let b = Backend::open(&p4, opts()).await.unwrap();
+        let r = b.begin_read().unwrap();
+        assert_eq!(r.txid(), t2);
+        assert_eq!(
+            r.tree(b"kv").unwrap().unwrap().get(b"k").unwrap(),
+            Some(&b"two"[..])
+        );
     });
     flip(&path, (slot2 * PAGE_SIZE + 20) as u64);
     let p3 = path.clone();
@@ -849,6 +875,7 @@ fn map_full_is_an_error_not_a_crash() {
             max_map_size: 64 * PAGE_SIZE as u64,
             grow_step: 16 * PAGE_SIZE as u64,
             writeback: false,
+            ..opts()
         };
         let b = Backend::open(&path, o).await.unwrap();
         let mut w = b.begin_write().unwrap();

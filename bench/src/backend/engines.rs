@@ -9,6 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::workload::Batch;
+use super::Config;
 
 /// Name of the corekv tree / LMDB database / redb table every engine stores the data in.
 pub const TABLE: &str = "bench";
@@ -50,8 +51,8 @@ pub trait Engine: Sized {
     type View<'a>;
 
     /// Creates an empty database inside the (empty, existing) directory `dir`, reserving
-    /// `map_size` bytes of address space where the engine maps its file (corekv, LMDB).
-    async fn open(dir: &Path, map_size: u64) -> Result<Self, String>;
+    /// `cfg.map_size` bytes of address space where the engine maps its file (corekv, LMDB).
+    async fn open(dir: &Path, cfg: &Config) -> Result<Self, String>;
 
     /// Writes `batch` in one transaction and returns once it is durable, with where the time
     /// went.
@@ -104,10 +105,11 @@ impl Engine for Corekv {
     const NAME: &'static str = "corekv";
     type View<'a> = ck::Tree<'a>;
 
-    async fn open(dir: &Path, map_size: u64) -> Result<Self, String> {
+    async fn open(dir: &Path, cfg: &Config) -> Result<Self, String> {
         let path = dir.join(COREKV_FILE);
         let options = ck::Options {
-            max_map_size: map_size,
+            max_map_size: cfg.map_size,
+            blocking_sync: cfg.corekv_blocking_sync,
             ..ck::Options::default()
         };
         let backend = ck::Backend::open(&path, options)
@@ -220,7 +222,8 @@ impl Engine for Lmdb {
     const NAME: &'static str = "lmdb";
     type View<'a> = LmdbView<'a>;
 
-    async fn open(dir: &Path, map_size: u64) -> Result<Self, String> {
+    async fn open(dir: &Path, cfg: &Config) -> Result<Self, String> {
+        let map_size = cfg.map_size;
         let map_size = usize::try_from(map_size)
             .map_err(|_| format!("lmdb: map size {map_size} does not fit this platform"))?;
         let mut options = heed::EnvOpenOptions::new();
@@ -351,7 +354,7 @@ impl Engine for Redb {
     const NAME: &'static str = "redb";
     type View<'a> = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
 
-    async fn open(dir: &Path, _map_size: u64) -> Result<Self, String> {
+    async fn open(dir: &Path, _cfg: &Config) -> Result<Self, String> {
         // redb reads through its own page cache, not a map.
         let path = dir.join(REDB_FILE);
         let db = redb::Database::create(&path)

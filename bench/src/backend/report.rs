@@ -143,13 +143,27 @@ fn median_disk(runs: &[EngineRun], engine: EngineKind) -> Option<u64> {
 }
 
 /// The human-readable report.
+/// `--corekv-sync` as given.
+fn sync_mode(cfg: &Config) -> &'static str {
+    if cfg.corekv_blocking_sync {
+        "blocking"
+    } else {
+        "ring"
+    }
+}
+
 pub fn table(cfg: &Config, runs: &[EngineRun]) -> String {
     let all = summarise(cfg, runs);
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "corekv-bench backend: {} keys loaded, {} B keys, {} B values, medians of {} rounds",
-        cfg.keys, cfg.shape.key_size, cfg.shape.value_size, cfg.rounds
+        "corekv-bench backend: {} keys loaded, {} B keys, {} B values, medians of {} rounds, \
+         corekv sync {}",
+        cfg.keys,
+        cfg.shape.key_size,
+        cfg.shape.value_size,
+        cfg.rounds,
+        sync_mode(cfg)
     );
     let _ = writeln!(
         t,
@@ -260,7 +274,7 @@ pub fn json(cfg: &Config, runs: &[EngineRun]) -> String {
         "\"config\":{{\"dir\":{},\"keys\":{},\"key_size\":{},\"value_size\":{},\"seed\":{},\
          \"batches\":[{}],\"puts\":{},\"min_commits\":{},\"load_batch\":{},\"reads\":{},\
          \"reads_per_txn\":{},\"scans\":{},\"scan_len\":{},\"rounds\":{},\"engines\":[{}],\
-         \"read_sample_every\":{},\"map_size\":{}}}",
+         \"read_sample_every\":{},\"map_size\":{},\"corekv_sync\":{}}}",
         json_str(&cfg.dir.display().to_string()),
         cfg.keys,
         cfg.shape.key_size,
@@ -278,6 +292,7 @@ pub fn json(cfg: &Config, runs: &[EngineRun]) -> String {
         engines.join(","),
         super::READ_SAMPLE_EVERY,
         cfg.map_size,
+        json_str(sync_mode(cfg)),
     );
     let summary: Vec<String> = all
         .iter()
