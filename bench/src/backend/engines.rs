@@ -223,9 +223,8 @@ impl Engine for Lmdb {
     type View<'a> = LmdbView<'a>;
 
     async fn open(dir: &Path, cfg: &Config) -> Result<Self, String> {
-        let map_size = cfg.map_size;
-        let map_size = usize::try_from(map_size)
-            .map_err(|_| format!("lmdb: map size {map_size} does not fit this platform"))?;
+        let map_size = usize::try_from(cfg.map_size)
+            .map_err(|_| format!("lmdb: map size {} does not fit this platform", cfg.map_size))?;
         let mut options = heed::EnvOpenOptions::new();
         options.map_size(map_size).max_dbs(1);
         // SAFETY: the directory is fresh and private to this run, so no other process or

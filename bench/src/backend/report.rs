@@ -142,7 +142,6 @@ fn median_disk(runs: &[EngineRun], engine: EngineKind) -> Option<u64> {
     median(v).map(|m| m as u64)
 }
 
-/// The human-readable report.
 /// `--corekv-sync` as given.
 fn sync_mode(cfg: &Config) -> &'static str {
     if cfg.corekv_blocking_sync {
@@ -152,6 +151,7 @@ fn sync_mode(cfg: &Config) -> &'static str {
     }
 }
 
+/// The human-readable report.
 pub fn table(cfg: &Config, runs: &[EngineRun]) -> String {
     let all = summarise(cfg, runs);
     let mut t = String::new();
