@@ -465,6 +465,11 @@ fn all_zero(file: &std::fs::File, len: u64) -> std::io::Result<bool> {
     Ok(true)
 }
 
+/// The context of an I/O error while writing `len` bytes at byte `pos` of `path`.
+fn write_context(len: usize, pos: u64, path: &Path) -> String {
+    format!("writing {len} bytes at offset {pos} of {}", path.display())
+}
+
 async fn write_all(
     file: &glommio::io::BufferedFile,
     buf: Vec<u8>,
@@ -472,15 +477,13 @@ async fn write_all(
     path: &Path,
 ) -> Result<()> {
     let len = buf.len();
-    let n = file.write_at(buf, pos).await.map_err(|e| {
-        Error::io(
-            format!("writing {len} bytes at offset {pos} of {}", path.display()),
-            e.into(),
-        )
-    })?;
+    let n = file
+        .write_at(buf, pos)
+        .await
+        .map_err(|e| Error::io(write_context(len, pos, path), e.into()))?;
     if n != len {
         return Err(Error::io(
-            format!("writing {len} bytes at offset {pos} of {}", path.display()),
+            write_context(len, pos, path),
             std::io::Error::new(
                 std::io::ErrorKind::WriteZero,
                 format!("short write: {n} of {len} bytes (disk full?)"),
@@ -764,16 +767,8 @@ impl Backend {
         if self.options.blocking_sync {
             let file = &self.shared.file;
             file.sync_data().map_err(data_sync_err)?;
-            file.write_all_at(&meta, meta_pos).map_err(|e| {
-                let len = meta.len();
-                Error::io(
-                    format!(
-                        "writing {len} bytes at offset {meta_pos} of {}",
-                        path.display()
-                    ),
-                    e,
-                )
-            })?;
+            file.write_all_at(&meta, meta_pos)
+                .map_err(|e| Error::io(write_context(meta.len(), meta_pos, path), e))?;
             file.sync_data().map_err(meta_sync_err)?;
         } else {
             self.file
@@ -950,12 +945,7 @@ fn pwritev_all(fd: libc::c_int, bufs: &[&[u8]], pos: u64, path: &Path) -> Result
         !bufs.is_empty() && bufs.iter().map(|b| b.len()).sum::<usize>() <= MAX_WRITE_BYTES
     );
     let total: usize = bufs.iter().map(|b| b.len()).sum();
-    let ctx = || {
-        format!(
-            "writing {total} bytes at offset {pos} of {}",
-            path.display()
-        )
-    };
+    let ctx = || write_context(total, pos, path);
     let (mut first, mut skip, mut done) = (0, 0, 0);
     while done < total {
         let iov: Vec<libc::iovec> = bufs[first..]
