@@ -112,6 +112,105 @@ fn prefix_then_u64_orders_by_prefix_then_number() {
 }
 
 #[test]
+fn separators_lie_between_their_neighbours_and_are_short() {
+    // Keys over a 3-letter alphabet, so that prefixes, equal prefixes and long common
+    // prefixes all occur; every ordered pair of distinct keys is checked.
+    let mut rng = Rng(0x5eed);
+    let keys: Vec<Vec<u8>> = (0..300)
+        .map(|_| {
+            let n = rng.below(14) as usize;
+            (0..n).map(|_| b"abc"[rng.below(3) as usize]).collect()
+        })
+        .collect();
+    for order in [KeyOrder::Bytewise, KeyOrder::PrefixThenU64] {
+        for l in &keys {
+            for r in &keys {
+                if order.compare(l, r) != Ordering::Less {
+                    continue;
+                }
+                let s = order.separator(l, r);
+                assert_eq!(
+                    order.compare(l, &s),
+                    Ordering::Less,
+                    "{order:?} {l:?} {r:?}"
+                );
+                assert_ne!(
+                    order.compare(&s, r),
+                    Ordering::Greater,
+                    "{order:?} {l:?} {r:?}"
+                );
+                assert!(s.len() <= r.len(), "{order:?} {l:?} {r:?} -> {s:?}");
+                if order == KeyOrder::Bytewise {
+                    // No shorter prefix of `r` lies above `l`.
+                    let shorter = &r[..s.len() - 1];
+                    assert_ne!(order.compare(l, shorter), Ordering::Less, "{l:?} {r:?}");
+                }
+            }
+        }
+    }
+    // etcdctl check perf's keys: a prefix, 8 random bytes, zeros, then the revision.
+    let k = |b: u8, rev: u64| {
+        let mut k = b"/etcdctl-check-perf/".to_vec();
+        k.extend_from_slice(&[b, 0x17, 0x42, 1, 2, 3, 4, 5]);
+        k.resize(20 + 256, 0);
+        k.extend_from_slice(&rev.to_be_bytes());
+        k
+    };
+    let s = KeyOrder::PrefixThenU64.separator(&k(0x30, 9), &k(0x31, 2));
+    assert_eq!(s, [&b"/etcdctl-check-perf/1"[..], &[0u8; 8]].concat());
+    // Two revisions of one key: only the number separates them.
+    let s = KeyOrder::PrefixThenU64.separator(&k(0x30, 9), &k(0x30, 12));
+    assert_eq!(s, k(0x30, 12));
+}
+
+#[test]
+fn long_keys_with_short_differences_keep_the_tree_shallow() {
+    // The shape of `corekv-bench check-perf`: 276-byte user keys (prefix, 8 random bytes,
+    // zeros) with a revision, 1 KiB values: three entries per leaf. Full-key separators
+    // fit 13 to a branch and need four levels for 3,000 keys; short ones need three.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    run(move || async move {
+        let b = Backend::open(&path, opts()).await.unwrap();
+        let mut rng = Rng(0xc0ffee);
+        let mut model = BTreeMap::new();
+        for round in 0..3u64 {
+            let mut w = b.begin_write().unwrap();
+            let mut t = w.open_tree(b"kv", KeyOrder::PrefixThenU64).unwrap();
+            for i in 0..1000u64 {
+                let mut k = b"/etcdctl-check-perf/".to_vec();
+                k.extend_from_slice(&rng.next().to_be_bytes());
+                k.resize(20 + 256, 0);
+                k.extend_from_slice(&(round * 1000 + i).to_be_bytes());
+                let v = vec![(i % 251) as u8; 1024];
+                t.put(&k, &v).unwrap();
+                model.insert(k, v);
+            }
+            w.publish().await.unwrap();
+            b.sync().await.unwrap();
+            assert_clean(&b);
+        }
+        let r = b.begin_read().unwrap();
+        let t = r.tree(b"kv").unwrap().unwrap();
+        let mut c = t.cursor();
+        c.next().unwrap();
+        assert!(
+            c.raw.depth() <= 3,
+            "height {} for 3,000 keys",
+            c.raw.depth()
+        );
+        assert!(t
+            .range(..)
+            .unwrap()
+            .map(|e| e.unwrap().0.to_vec())
+            .eq(model.keys().cloned()));
+        for (k, v) in model.iter().step_by(7) {
+            assert_eq!(t.get(k).unwrap(), Some(&v[..]));
+        }
+    });
+}
+
+#[test]
 fn put_get_publish_sync_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");

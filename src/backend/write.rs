@@ -516,6 +516,7 @@ impl TxnCore {
     fn insert_cells(
         &mut self,
         id: u64,
+        order: KeyOrder,
         i: usize,
         new: &[&[u8]],
         append: bool,
@@ -534,7 +535,7 @@ impl TxnCore {
         cells.extend((0..i).map(|j| old.cell(j)));
         cells.extend_from_slice(new);
         cells.extend((i..n).map(|j| old.cell(j)));
-        let seps = self.place(id, old.is_leaf(), &cells, append);
+        let seps = self.place(id, order, old.is_leaf(), &cells, append);
         drop(cells);
         self.recycle(old);
         seps
@@ -542,12 +543,14 @@ impl TxnCore {
 
     /// Rewrites dirty page `id` to hold `cells` (in order), splitting them over `id` and new
     /// pages if they do not fit one. Returns the branch cells pointing at the new pages, with
-    /// their separators: for leaves a copy of the piece's first key (in a new run of its own if
-    /// long, as no run is ever shared); for branches the piece's first separator moves up and
-    /// its cell keeps only the child.
+    /// their separators: for leaves the shortest key between the previous piece's last key
+    /// and this piece's first ([`KeyOrder::separator`]; in a new run of its own if long, as
+    /// no run is ever shared); for branches the piece's first separator moves up and its cell
+    /// keeps only the child.
     fn place(
         &mut self,
         id: u64,
+        order: KeyOrder,
         leaf: bool,
         cells: &[&[u8]],
         append: bool,
@@ -570,14 +573,12 @@ impl TxnCore {
             let nid = self.alloc(1)?;
             let first = piece[0];
             if leaf {
-                let sep = match view::cell_leaf_key(first) {
-                    Loc::Inline(k) => branch_cell_bytes(nid, Loc::Inline(k)),
-                    Loc::Ovf(pg, len) => {
-                        let bytes = self.res().resolve(Loc::Ovf(pg, len))?.to_vec();
-                        let run = self.alloc_run(&bytes)?;
-                        branch_cell_bytes(nid, Loc::Ovf(run, len))
-                    }
+                let key = {
+                    let r = self.res();
+                    let left = r.resolve(view::cell_leaf_key(cells[w[0] - 1]))?;
+                    order.separator(left, r.resolve(view::cell_leaf_key(first))?)
                 };
+                let sep = branch_cell_bytes(nid, self.make_key(&key)?);
                 let b = self.new_buf();
                 let page = PageBuf::build_in(b, true, piece.iter().copied());
                 self.nodes.insert(nid, page);
@@ -601,14 +602,14 @@ impl TxnCore {
     }
 
     /// Makes a root from `id` and the siblings split off it, until one node holds all.
-    fn grow_root(&mut self, mut id: u64, mut seps: Vec<Vec<u8>>) -> Result<u64> {
+    fn grow_root(&mut self, order: KeyOrder, mut id: u64, mut seps: Vec<Vec<u8>>) -> Result<u64> {
         while !seps.is_empty() {
             let nid = self.alloc(1)?;
             let cell0 = branch_cell_bytes(id, Loc::Inline(&[]));
             let mut cells: Vec<&[u8]> = Vec::with_capacity(seps.len() + 1);
             cells.push(&cell0);
             cells.extend(seps.iter().map(|c| &c[..]));
-            let next = self.place(nid, false, &cells, false)?;
+            let next = self.place(nid, order, false, &cells, false)?;
             seps = next;
             id = nid;
         }
@@ -654,7 +655,7 @@ impl TxnCore {
             return Ok(());
         }
         let (id, seps, old) = self.insert(*root, order, key, val, 0)?;
-        *root = self.grow_root(id, seps)?;
+        *root = self.grow_root(order, id, seps)?;
         self.free_loc(old)
     }
 
@@ -689,7 +690,7 @@ impl TxnCore {
                     return Ok((id, Vec::new(), old));
                 }
                 page.remove(i);
-                let seps = self.insert_cells(id, i, &[&cell[..len]], false)?;
+                let seps = self.insert_cells(id, order, i, &[&cell[..len]], false)?;
                 return Ok((id, seps, old));
             }
             let k = self.make_key(key)?;
@@ -707,7 +708,7 @@ impl TxnCore {
                 },
                 "leaf keys must stay strictly increasing"
             );
-            let seps = self.insert_cells(id, i, &[&cell[..len]], i == n)?;
+            let seps = self.insert_cells(id, order, i, &[&cell[..len]], i == n)?;
             return Ok((id, seps, None));
         }
         let i = view::branch_search(&self.res(), p, key, order)?;
@@ -720,7 +721,7 @@ impl TxnCore {
             return Ok((id, Vec::new(), old));
         }
         let new: Vec<&[u8]> = cseps.iter().map(|c| &c[..]).collect();
-        let seps = self.insert_cells(id, i + 1, &new, last)?;
+        let seps = self.insert_cells(id, order, i + 1, &new, last)?;
         Ok((id, seps, old))
     }
 
@@ -735,7 +736,7 @@ impl TxnCore {
             return Ok(false);
         };
         self.free_loc(old)?;
-        let id = self.grow_root(id, seps)?;
+        let id = self.grow_root(order, id, seps)?;
         *root = self.shrink_root(id)?;
         Ok(true)
     }
@@ -778,10 +779,10 @@ impl TxnCore {
         let id = self.cow(pg)?;
         self.dirty(id)?.set_child(i, nc);
         let seps = if cseps.is_empty() {
-            self.fix_child(id, i)?
+            self.fix_child(id, order, i)?
         } else {
             let new: Vec<&[u8]> = cseps.iter().map(|c| &c[..]).collect();
-            self.insert_cells(id, i + 1, &new, false)?
+            self.insert_cells(id, order, i + 1, &new, false)?
         };
         Ok(Some((id, seps, old)))
     }
@@ -789,7 +790,7 @@ impl TxnCore {
     /// After a delete below child `i` of dirty branch `parent`: drops the child if empty, or
     /// merges it with a sibling (re-splitting evenly if the two do not fit one page) if it is
     /// less than [`MIN_FILL`] full. Returns the branch cells of siblings split off `parent`.
-    fn fix_child(&mut self, parent: u64, i: usize) -> Result<Vec<Vec<u8>>> {
+    fn fix_child(&mut self, parent: u64, order: KeyOrder, i: usize) -> Result<Vec<Vec<u8>>> {
         let (nchildren, child) = {
             let pp = self.page(parent)?;
             (view::count(pp), view::branch_child(pp, i))
@@ -869,13 +870,13 @@ impl TxnCore {
             cells.push(&down);
             cells.extend((1..right.len()).map(|j| right.cell(j)));
         }
-        let seps = self.place(lid, leaf, &cells, false);
+        let seps = self.place(lid, order, leaf, &cells, false);
         drop(cells);
         self.recycle(left);
         self.recycle(right);
         let seps = seps?;
         let new: Vec<&[u8]> = seps.iter().map(|c| &c[..]).collect();
-        self.insert_cells(parent, l + 1, &new, false)
+        self.insert_cells(parent, order, l + 1, &new, false)
     }
 
     /// Frees every page of the tree at `root` (nodes and overflow runs).
