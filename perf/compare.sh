@@ -2,11 +2,16 @@
 # corekv against etcd, side by side, with the same load generator (corekv-bench) in the same
 # run; writes perf/results/<date>.md and PNG plots next to it.
 #
-# Usage: perf/compare.sh [--cell-seconds N] [--check-perf-seconds N] [--keys N] [--out-dir D]
-#                        [--quick]
+# Usage: perf/compare.sh [--cell-seconds N] [--check-perf-seconds N] [--check-perf-rest N]
+#                        [--keys N] [--out-dir D] [--quick]
 #   --cell-seconds        length of each matrix cell (default 10)
 #   --check-perf-seconds  length of each check-perf run (default 60, etcdctl's; shorter runs
 #                         are marked non-standard)
+#   --check-perf-rest     seconds of rest (after a `sync`) before each check-perf run, for
+#                         either target alike (default 45): this virtual disk is slow for a
+#                         while after a few GB of writes, and the second target's run always
+#                         followed the first's; the disk's flush latency measured after the
+#                         rest is in the report next to each verdict
 #   --keys                keys loaded before the RSS / data size / restart measurement
 #                         (default 1000000; --restart-keys is the older name)
 #   --out-dir             where <date>.md and the plots go (default perf/results)
@@ -27,6 +32,7 @@ cd "$(dirname "$0")/.."
 
 CELL=10
 CHECK=60
+CHECK_REST=45
 RESTART_KEYS=1000000
 OUT=perf/results
 INVOCATION="perf/compare.sh $*"
@@ -34,9 +40,10 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --cell-seconds) CELL=$2; shift 2 ;;
     --check-perf-seconds) CHECK=$2; shift 2 ;;
+    --check-perf-rest) CHECK_REST=$2; shift 2 ;;
     --keys|--restart-keys) RESTART_KEYS=$2; shift 2 ;;
     --out-dir) OUT=$2; shift 2 ;;
-    --quick) CELL=2; CHECK=5; RESTART_KEYS=20000; OUT=/tmp/corekv-compare-quick; shift ;;
+    --quick) CELL=2; CHECK=5; CHECK_REST=0; RESTART_KEYS=20000; OUT=/tmp/corekv-compare-quick; shift ;;
     *) echo "unknown argument $1 (see the header of $0)" >&2; exit 2 ;;
   esac
 done
@@ -155,6 +162,24 @@ start_etcd "$WORK/etcd-data"
 wait_ready corekv || exit 1
 wait_ready etcd || exit 1
 
+# The disk's state right now: 200 x (4 KiB pwrite + fdatasync) in one file, p50/p99 in µs.
+disk_flush_json() {
+  python3 - "$WORK/disk-probe" "$CHECK_REST" <<'PY'
+import os, sys, time
+fd = os.open(sys.argv[1], os.O_CREAT | os.O_WRONLY, 0o644)
+lat = []
+for i in range(200):
+    t = time.perf_counter()
+    os.pwrite(fd, b"x" * 4096, (i % 64) * 4096)
+    os.fdatasync(fd)
+    lat.append((time.perf_counter() - t) * 1e6)
+os.close(fd)
+os.unlink(sys.argv[1])
+lat.sort()
+print('{"rest_seconds":%s,"p50_us":%.0f,"p99_us":%.0f}' % (sys.argv[2], lat[100], lat[197]))
+PY
+}
+
 COMMANDS="$WORK/commands.txt"
 : > "$COMMANDS"
 cell() { # name, then corekv-bench arguments (without --target/--endpoints)
@@ -162,14 +187,19 @@ cell() { # name, then corekv-bench arguments (without --target/--endpoints)
   echo "corekv-bench $* --target <corekv|etcd> --endpoints <addr> --json" >> "$COMMANDS"
   for t in etcd corekv; do
     echo "== $name: $t" >&2
-    local out
+    local out disk=""
+    if [ "${name#check-perf}" != "$name" ]; then
+      sync
+      sleep "$CHECK_REST"
+      disk=",\"disk_before\":$(disk_flush_json)"
+    fi
     # check-perf exits non-zero on FAIL; its JSON is still the result.
     out=$("$BENCH" "$@" --target "$t" --endpoints "$(endpoint "$t")" --json --no-progress 2>"$WORK/err.txt") || true
     if [ -z "$out" ]; then
       out="{\"error\":$(python3 -c 'import json,sys; print(json.dumps(open(sys.argv[1]).read().strip()))' "$WORK/err.txt")}"
       echo "   failed: $(cat "$WORK/err.txt")" >&2
     fi
-    echo "{\"name\":\"$name\",\"target\":\"$t\",\"result\":$out}" >> "$JSONL"
+    echo "{\"name\":\"$name\",\"target\":\"$t\",\"result\":$out$disk}" >> "$JSONL"
     sample_rss "$name / $t"
   done
 }

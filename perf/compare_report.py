@@ -21,11 +21,14 @@ a = p.parse_args()
 
 cells = {}  # name -> target -> result
 order = []
+disk_before = {}  # (name, target) -> the disk's flush latency before a check-perf run
 for line in open(a.results):
     d = json.loads(line)
     if d["name"] not in cells:
         order.append(d["name"])
     cells.setdefault(d["name"], {})[d["target"]] = d["result"]
+    if "disk_before" in d:
+        disk_before[(d["name"], d["target"])] = d["disk_before"]
 restart = {}
 for line in open(a.restart):
     d = json.loads(line)
@@ -218,6 +221,10 @@ for name in order:
         verdict = "PASS" if r["passed"] else "FAIL"
         checks = "; ".join(("ok " if c["pass"] else "FAIL ") + c["what"] for c in r["checks"])
         notes = " ".join(r.get("notes", []))
+        d = disk_before.get((name, t))
+        if d:
+            notes += (f" Disk before the run, after {d['rest_seconds']} s of rest: 4 KiB write + "
+                      f"fdatasync p50 {d['p50_us']} µs, p99 {d['p99_us']} µs.")
         w(f"- {name}, {t}: **{verdict}** ({checks}) {notes}")
 w("")
 
