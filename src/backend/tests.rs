@@ -167,7 +167,7 @@ fn separators_lie_between_their_neighbours_and_are_short() {
 fn long_keys_with_short_differences_keep_the_tree_shallow() {
     // The shape of `corekv-bench check-perf`: 276-byte user keys (prefix, 8 random bytes,
     // zeros) with a revision, 1 KiB values: three entries per leaf. Full-key separators
-    // fit 13 to a branch and need four levels for 3,000 keys; short ones need three.
+    // fit 13 to a branch and made 3,000 keys five levels deep; short ones need three.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
     run(move || async move {
