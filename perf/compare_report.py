@@ -222,9 +222,9 @@ for name in order:
         checks = "; ".join(("ok " if c["pass"] else "FAIL ") + c["what"] for c in r["checks"])
         notes = " ".join(r.get("notes", []))
         d = disk_before.get((name, t))
-        if d:
-            notes += (f" Disk before the run, after {d['rest_seconds']} s of rest: 4 KiB write + "
-                      f"fdatasync p50 {d['p50_us']} µs, p99 {d['p99_us']} µs.")
+        if d and d.get("raw"):
+            notes += (f" Disk before the run, after {d['rest_seconds']} s of rest: raw 4 KiB write "
+                      f"+ fdatasync p50 {d['raw']['p50_us']} µs, p99 {d['raw']['p99_us']} µs.")
         w(f"- {name}, {t}: **{verdict}** ({checks}) {notes}")
 w("")
 

@@ -148,19 +148,23 @@ fn separators_lie_between_their_neighbours_and_are_short() {
             }
         }
     }
-    // etcdctl check perf's keys: a prefix, 8 random bytes, zeros, then the revision.
-    let k = |b: u8, rev: u64| {
-        let mut k = b"/etcdctl-check-perf/".to_vec();
-        k.extend_from_slice(&[b, 0x17, 0x42, 1, 2, 3, 4, 5]);
-        k.resize(20 + 256, 0);
-        k.extend_from_slice(&rev.to_be_bytes());
-        k
-    };
-    let s = KeyOrder::PrefixThenU64.separator(&k(0x30, 9), &k(0x31, 2));
+    // etcdctl check perf's keys, whose first random byte differs ('0' < '1').
+    let (a, b) = (0x3017_4201_0203_0405, 0x3117_4201_0203_0405);
+    let s = KeyOrder::PrefixThenU64.separator(&check_perf_kv_key(a, 9), &check_perf_kv_key(b, 2));
     assert_eq!(s, [&b"/etcdctl-check-perf/1"[..], &[0u8; 8]].concat());
     // Two revisions of one key: only the number separates them.
-    let s = KeyOrder::PrefixThenU64.separator(&k(0x30, 9), &k(0x30, 12));
-    assert_eq!(s, k(0x30, 12));
+    let s = KeyOrder::PrefixThenU64.separator(&check_perf_kv_key(a, 9), &check_perf_kv_key(a, 12));
+    assert_eq!(s, check_perf_kv_key(a, 12));
+}
+
+/// A `kv` tree key shaped like `corekv-bench check-perf`'s: etcdctl's prefix, 8 random bytes
+/// and zeros (256 bytes after the prefix), then the revision.
+fn check_perf_kv_key(random: u64, rev: u64) -> Vec<u8> {
+    let mut k = b"/etcdctl-check-perf/".to_vec();
+    k.extend_from_slice(&random.to_be_bytes());
+    k.resize(20 + 256, 0);
+    k.extend_from_slice(&rev.to_be_bytes());
+    k
 }
 
 #[test]
@@ -178,10 +182,7 @@ fn long_keys_with_short_differences_keep_the_tree_shallow() {
             let mut w = b.begin_write().unwrap();
             let mut t = w.open_tree(b"kv", KeyOrder::PrefixThenU64).unwrap();
             for i in 0..1000u64 {
-                let mut k = b"/etcdctl-check-perf/".to_vec();
-                k.extend_from_slice(&rng.next().to_be_bytes());
-                k.resize(20 + 256, 0);
-                k.extend_from_slice(&(round * 1000 + i).to_be_bytes());
+                let k = check_perf_kv_key(rng.next(), round * 1000 + i);
                 let v = vec![(i % 251) as u8; 1024];
                 t.put(&k, &v).unwrap();
                 model.insert(k, v);
