@@ -12,6 +12,10 @@ writes go to a 2 GiB file that is written once first (so no write allocates bloc
 sequential ones wrap within 8 GiB. Both files are removed afterwards. Queue depth is the
 number of processes each doing blocking `pwrite`s (processes, not threads: threads contend
 for Python's lock above ~60k writes/s; with processes the rates match a C thread pool's).
+
+Cost: the sequential part writes SECONDS times the disk's bandwidth (5-7 GB at 5 s here) and
+the random part ~2 GiB more. On this machine heavy writing wears down a write budget the host
+refills slowly (`perf/server.md`), so do not run this right before a write benchmark.
 """
 import mmap
 import multiprocessing
@@ -33,7 +37,9 @@ def aligned(size, fill):
 
 def random_writes(path, workers, seconds):
     """Writes per second of `workers` processes (one blocking write each in flight)."""
-    counts = multiprocessing.Array("q", workers)
+    # fork: the workers share `writer`, a closure, and the counters.
+    ctx = multiprocessing.get_context("fork")
+    counts = ctx.Array("q", workers)
     start = time.time()
     stop = start + seconds
 
@@ -47,7 +53,7 @@ def random_writes(path, workers, seconds):
         counts[i] = done
         os.close(fd)
 
-    procs = [multiprocessing.Process(target=writer, args=(i,)) for i in range(workers)]
+    procs = [ctx.Process(target=writer, args=(i,)) for i in range(workers)]
     for p in procs:
         p.start()
     for p in procs:
@@ -68,9 +74,9 @@ def main():
             os.pwrite(fd, buf, off)
         os.fdatasync(fd)
         os.close(fd)
-        for threads in (1, 8, 32):
-            rate = random_writes(rnd, threads, seconds)
-            print(f"random 4 KiB O_DIRECT writes, queue depth {threads}: {rate:,.0f}/s "
+        for depth in (1, 8, 32):
+            rate = random_writes(rnd, depth, seconds)
+            print(f"random 4 KiB O_DIRECT writes, queue depth {depth}: {rate:,.0f}/s "
                   f"({rate * 4096 / 1e6:.0f} MB/s)")
         fd = os.open(seq, os.O_CREAT | os.O_WRONLY | os.O_DIRECT, 0o644)
         off, written, start = 0, 0, time.time()
