@@ -1467,3 +1467,253 @@ fn large_publishes_kick_the_writeback_thread() {
         assert_clean(&b);
     });
 }
+
+/// Rewrites key `k` of tree `kv` to `val` in one published (unsynced) transaction.
+async fn rewrite(b: &Backend, k: u32, val: &[u8]) {
+    let mut w = b.begin_write().unwrap();
+    w.open_tree(b"kv", KeyOrder::Bytewise)
+        .unwrap()
+        .put(format!("{k:05}").as_bytes(), val)
+        .unwrap();
+    w.publish().await.unwrap();
+}
+
+/// Pages below the high water (in use, free or pending).
+fn high_water(b: &Backend) -> u64 {
+    let s = b.stats();
+    FIRST_DATA_PAGE + s.in_use_bytes / PAGE_SIZE as u64 + s.free_pages
+}
+
+/// Early reuse: between two syncs, with no reader, a page written and freed again since the
+/// last sync is reused by the next transaction, so a run of small rewrites keeps cycling
+/// through a few page ids instead of growing the file by a root-to-leaf path per
+/// transaction; what the durable meta reaches is untouched (reopen after a "crash").
+#[test]
+fn pages_born_and_freed_between_syncs_are_reused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let p2 = path.clone();
+    run(move || async move {
+        let b = Backend::open(&p2, opts()).await.unwrap();
+        let mut w = b.begin_write().unwrap();
+        let mut t = w.open_tree(b"kv", KeyOrder::Bytewise).unwrap();
+        for i in 0..3000u32 {
+            t.put(format!("{i:05}").as_bytes(), b"durable").unwrap();
+        }
+        w.publish().await.unwrap();
+        b.sync().await.unwrap();
+        let hw0 = high_water(&b);
+        // 300 unsynced transactions, each rewriting one key: ~4 pages each (catalog leaf,
+        // root, leaf, freelist segment). Without early reuse the high water grows ~1,200.
+        for n in 0..300u32 {
+            rewrite(&b, (n * 7) % 3000, format!("r{n}").as_bytes()).await;
+        }
+        let grown = high_water(&b) - hw0;
+        assert!(
+            grown < 100,
+            "high water grew by {grown} pages in 300 rewrites"
+        );
+        assert_clean(&b);
+    });
+    // "Crash": reopen from the durable meta; all of it must be intact.
+    run(move || async move {
+        let b = Backend::open(&path, opts()).await.unwrap();
+        assert_clean(&b);
+        let r = b.begin_read().unwrap();
+        let t = r.tree(b"kv").unwrap().unwrap();
+        for i in 0..3000u32 {
+            assert_eq!(
+                t.get(format!("{i:05}").as_bytes()).unwrap(),
+                Some(&b"durable"[..]),
+                "key {i}"
+            );
+        }
+    });
+}
+
+/// Early reuse never takes a page a pinned reader can see, even one written after the last
+/// sync.
+#[test]
+fn early_reuse_spares_pages_of_pinned_unsynced_snapshots() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    run(move || async move {
+        let b = Backend::open(&path, opts()).await.unwrap();
+        let mut w = b.begin_write().unwrap();
+        let mut t = w.open_tree(b"kv", KeyOrder::Bytewise).unwrap();
+        for i in 0..3000u32 {
+            t.put(format!("{i:05}").as_bytes(), b"v0").unwrap();
+        }
+        w.publish().await.unwrap();
+        b.sync().await.unwrap();
+        // Unsynced rewrites, then a reader pinned on the last of them.
+        for k in 0..3000u32 {
+            if k % 10 == 0 {
+                rewrite(&b, k, b"pinned").await;
+            }
+        }
+        let pinned = b.begin_read().unwrap();
+        for n in 0..600u32 {
+            rewrite(&b, (n * 13) % 3000, format!("later{n}").as_bytes()).await;
+        }
+        let t = pinned.tree(b"kv").unwrap().unwrap();
+        for k in 0..3000u32 {
+            let want: &[u8] = if k % 10 == 0 { b"pinned" } else { b"v0" };
+            assert_eq!(t.get(format!("{k:05}").as_bytes()).unwrap(), Some(want));
+        }
+        assert_eq!(t.count(..).unwrap(), 3000);
+        drop(pinned);
+        assert_clean(&b);
+    });
+}
+
+/// Early reuse never takes a page of the snapshot an in-flight sync is making durable: the
+/// file as it stands when that sync returns opens at that snapshot, intact, though
+/// transactions rewrote its pages' keys while the sync waited for the disk.
+#[test]
+fn early_reuse_spares_pages_of_the_snapshot_being_synced() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let copy = dir.path().join("copy");
+    let c2 = copy.clone();
+    run(move || async move {
+        let b = std::rc::Rc::new(Backend::open(&path, opts()).await.unwrap());
+        let mut w = b.begin_write().unwrap();
+        let mut t = w.open_tree(b"kv", KeyOrder::Bytewise).unwrap();
+        for i in 0..3000u32 {
+            t.put(format!("{i:05}").as_bytes(), b"v0").unwrap();
+        }
+        w.publish().await.unwrap();
+        b.sync().await.unwrap();
+        for round in 0..5u32 {
+            // Published after the last sync: the pages the next sync's snapshot reaches are
+            // young, candidates for early reuse once freed.
+            for k in (0..3000u32).step_by(50) {
+                rewrite(&b, k + round, format!("s{round}").as_bytes()).await;
+            }
+            let syncing = b.stats().published_txid;
+            let b2 = b.clone();
+            let sync = glommio::spawn_local(async move { b2.sync().await.unwrap() });
+            // Let the sync task start (it records its snapshot and waits for the disk).
+            glommio::executor().yield_task_queue_now().await;
+            // Rewrites of the same keys while the sync waits: they free those pages.
+            for k in (0..3000u32).step_by(50) {
+                rewrite(&b, k + round, b"after").await;
+            }
+            assert_eq!(sync.await, syncing);
+            // What a crash right now would leave: the newest meta is `syncing`'s.
+            std::fs::copy(&path, &c2).unwrap();
+            let reopened = Backend::open(&c2, opts()).await.unwrap();
+            assert_clean(&reopened);
+            let r = reopened.begin_read().unwrap();
+            assert_eq!(r.txid(), syncing);
+            let t = r.tree(b"kv").unwrap().unwrap();
+            for k in (0..3000u32).step_by(50) {
+                let want = format!("s{round}");
+                assert_eq!(
+                    t.get(format!("{:05}", k + round).as_bytes()).unwrap(),
+                    Some(want.as_bytes()),
+                    "round {round} key {}",
+                    k + round
+                );
+            }
+            drop(r);
+            drop(reopened);
+            std::fs::remove_file(&c2).unwrap();
+            b.sync().await.unwrap();
+        }
+        assert_clean(&b);
+    });
+    assert!(!copy.exists());
+}
+
+/// The writeback thread is handed every page a publish wrote except branch pages rewritten
+/// within one sync interval: the first copy of a branch after a sync starts at once, a copy
+/// of a copy written since the sync is left for the sync (see `Backend::start_writeback`).
+#[test]
+fn writeback_ranges_leave_rewritten_branch_pages_to_the_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    run(move || async move {
+        let b = Backend::open(&path, opts()).await.unwrap();
+        let mut w = b.begin_write().unwrap();
+        let mut t = w.open_tree(b"kv", KeyOrder::Bytewise).unwrap();
+        for i in 0..3000u32 {
+            t.put(format!("{i:05}").as_bytes(), b"v").unwrap();
+        }
+        w.publish().await.unwrap();
+        b.sync().await.unwrap();
+        b.start_writeback();
+        let kinds_handed_over = |b: &Backend| {
+            let kind = |pg: u64| b.shared.map[pg as usize * PAGE_SIZE + 4];
+            let mut kinds = BTreeMap::new();
+            for &(pos, len) in b.unkicked_ranges.borrow().iter() {
+                for pg in pos / PAGE_SIZE as u64..(pos + len) / PAGE_SIZE as u64 {
+                    *kinds.entry(kind(pg)).or_insert(0) += 1;
+                }
+            }
+            kinds
+        };
+        // Small transactions (no kick of their own) touching keys under several branches.
+        for round in 0..3 {
+            let mut w = b.begin_write().unwrap();
+            let mut t = w.open_tree(b"kv", KeyOrder::Bytewise).unwrap();
+            for i in (0..3000u32).step_by(300) {
+                t.put(format!("{i:05}").as_bytes(), &[round]).unwrap();
+            }
+            w.publish().await.unwrap();
+            let kinds = kinds_handed_over(&b);
+            assert!(
+                kinds.get(&page::KIND_LEAF).copied().unwrap_or(0) >= 10,
+                "round {round}: the ten leaves written are handed over: {kinds:?}"
+            );
+            let branches = kinds.get(&page::KIND_BRANCH).copied().unwrap_or(0);
+            if round == 0 {
+                assert!(
+                    branches > 0,
+                    "first copies since the sync start now: {kinds:?}"
+                );
+            } else {
+                assert_eq!(branches, 0, "round {round}: rewrites wait: {kinds:?}");
+            }
+            b.start_writeback();
+            assert!(b.unkicked_ranges.borrow().is_empty());
+        }
+        // After a sync every branch is a first copy again.
+        b.sync().await.unwrap();
+        let mut w = b.begin_write().unwrap();
+        w.open_tree(b"kv", KeyOrder::Bytewise)
+            .unwrap()
+            .put(b"00001", b"x")
+            .unwrap();
+        w.publish().await.unwrap();
+        assert!(kinds_handed_over(&b).contains_key(&page::KIND_BRANCH));
+    });
+}
+
+/// Kicked ranges are joined across gaps only where no branch page left for the sync lies.
+#[test]
+fn writeback_ranges_join_across_gaps_without_deferred_branches() {
+    let ps = PAGE_SIZE as u64;
+    let deferred: std::collections::BTreeSet<u64> = [5, 20].into_iter().collect();
+    let mut r = vec![
+        (10 * ps, ps),
+        (0, ps),
+        (2 * ps, 2 * ps),
+        (7 * ps, ps),
+        (21 * ps, ps),
+    ];
+    join_ranges(&mut r, &deferred);
+    // 0..4 (gap 1 holds no branch), then page 5 splits, 7..11 joined, page 20 splits.
+    assert_eq!(r, vec![(0, 4 * ps), (7 * ps, 4 * ps), (21 * ps, ps)]);
+    let mut r = vec![(4 * ps, ps), (6 * ps, ps)];
+    join_ranges(&mut r, &deferred);
+    assert_eq!(
+        r,
+        vec![(4 * ps, ps), (6 * ps, ps)],
+        "the branch at 5 stays out"
+    );
+    let mut r = vec![(0, 3 * ps), (ps, ps)];
+    join_ranges(&mut r, &Default::default());
+    assert_eq!(r, vec![(0, 3 * ps)], "overlaps fold");
+}
