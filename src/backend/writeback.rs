@@ -62,7 +62,7 @@ struct WritebackShared {
     /// Byte ranges `(offset, length)` the next round starts writeback of (at most
     /// [`MAX_WRITEBACK_RANGES`]).
     ranges: Mutex<Vec<(u64, u64)>>,
-    /// The next round covers the whole file (a whole-file kick, or the ranges overflowed).
+    /// The next round covers the whole file (the queued ranges would have overflowed).
     whole: AtomicBool,
     /// The owner is gone: the thread exits.
     stop: AtomicBool,
