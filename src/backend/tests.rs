@@ -1468,6 +1468,20 @@ fn large_publishes_kick_the_writeback_thread() {
     });
 }
 
+/// Opens a backend at `path` and loads keys `00000..keys` of tree `kv` with `value`, published
+/// and synced.
+async fn load_synced(path: &Path, keys: u32, value: &[u8]) -> Backend {
+    let b = Backend::open(path, opts()).await.unwrap();
+    let mut w = b.begin_write().unwrap();
+    let mut t = w.open_tree(b"kv", KeyOrder::Bytewise).unwrap();
+    for i in 0..keys {
+        t.put(format!("{i:05}").as_bytes(), value).unwrap();
+    }
+    w.publish().await.unwrap();
+    b.sync().await.unwrap();
+    b
+}
+
 /// Rewrites key `k` of tree `kv` to `val` in one published (unsynced) transaction.
 async fn rewrite(b: &Backend, k: u32, val: &[u8]) {
     let mut w = b.begin_write().unwrap();
@@ -1494,14 +1508,7 @@ fn pages_born_and_freed_between_syncs_are_reused_at_once() {
     let path = dir.path().join("db");
     let p2 = path.clone();
     run(move || async move {
-        let b = Backend::open(&p2, opts()).await.unwrap();
-        let mut w = b.begin_write().unwrap();
-        let mut t = w.open_tree(b"kv", KeyOrder::Bytewise).unwrap();
-        for i in 0..3000u32 {
-            t.put(format!("{i:05}").as_bytes(), b"durable").unwrap();
-        }
-        w.publish().await.unwrap();
-        b.sync().await.unwrap();
+        let b = load_synced(&p2, 3000, b"durable").await;
         let hw0 = high_water(&b);
         // 300 unsynced transactions, each rewriting one key: ~4 pages each (catalog leaf,
         // root, leaf, freelist segment). Without early reuse the high water grows ~1,200.
@@ -1538,14 +1545,7 @@ fn early_reuse_spares_pages_of_pinned_unsynced_snapshots() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
     run(move || async move {
-        let b = Backend::open(&path, opts()).await.unwrap();
-        let mut w = b.begin_write().unwrap();
-        let mut t = w.open_tree(b"kv", KeyOrder::Bytewise).unwrap();
-        for i in 0..3000u32 {
-            t.put(format!("{i:05}").as_bytes(), b"v0").unwrap();
-        }
-        w.publish().await.unwrap();
-        b.sync().await.unwrap();
+        let b = load_synced(&path, 3000, b"v0").await;
         // Unsynced rewrites, then a reader pinned on the last of them.
         for k in 0..3000u32 {
             if k % 10 == 0 {
@@ -1577,14 +1577,7 @@ fn early_reuse_spares_pages_of_the_snapshot_being_synced() {
     let copy = dir.path().join("copy");
     let c2 = copy.clone();
     run(move || async move {
-        let b = std::rc::Rc::new(Backend::open(&path, opts()).await.unwrap());
-        let mut w = b.begin_write().unwrap();
-        let mut t = w.open_tree(b"kv", KeyOrder::Bytewise).unwrap();
-        for i in 0..3000u32 {
-            t.put(format!("{i:05}").as_bytes(), b"v0").unwrap();
-        }
-        w.publish().await.unwrap();
-        b.sync().await.unwrap();
+        let b = std::rc::Rc::new(load_synced(&path, 3000, b"v0").await);
         for round in 0..5u32 {
             // Published after the last sync: the pages the next sync's snapshot reaches are
             // young, candidates for early reuse once freed.
@@ -1635,14 +1628,7 @@ fn writeback_ranges_leave_rewritten_branch_pages_to_the_sync() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
     run(move || async move {
-        let b = Backend::open(&path, opts()).await.unwrap();
-        let mut w = b.begin_write().unwrap();
-        let mut t = w.open_tree(b"kv", KeyOrder::Bytewise).unwrap();
-        for i in 0..3000u32 {
-            t.put(format!("{i:05}").as_bytes(), b"v").unwrap();
-        }
-        w.publish().await.unwrap();
-        b.sync().await.unwrap();
+        let b = load_synced(&path, 3000, b"v").await;
         b.start_writeback();
         let kinds_handed_over = |b: &Backend| {
             let kind = |pg: u64| b.shared.map[pg as usize * PAGE_SIZE + 4];
