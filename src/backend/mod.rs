@@ -393,9 +393,9 @@ pub struct Backend {
     /// [`MAX_DEFERRED_BRANCHES`] were left.
     deferred_branches: RefCell<Option<std::collections::BTreeSet<u64>>>,
     /// Early reuse (see [`Backend::begin_write`]): the transaction that wrote each page run
-    /// published since the last completed sync, and the run's length, by first page (at most
-    /// [`MAX_YOUNG_RUNS`]).
-    young: RefCell<write::PageMap<(u64, u64)>>,
+    /// published since the last completed sync, the run's length and whether publish handed
+    /// it to the writeback thread, by first page (at most [`MAX_YOUNG_RUNS`]).
+    young: RefCell<write::PageMap<(u64, u64, bool)>>,
     /// Published transactions whose frees have not been offered for early reuse yet, oldest
     /// first (at most [`MAX_EARLY_REUSE_TXNS`]).
     early_txns: RefCell<VecDeque<u64>>,
@@ -834,7 +834,10 @@ impl Backend {
     /// reachable only from the snapshots `B..F`. If none of them is durable (`B > synced`),
     /// being made durable (an in-flight sync's txid is outside `B..F`) or pinned by a reader
     /// (every pinned snapshot is `>= F`), nothing can ever read the run again, so it is
-    /// reused now instead of after the next sync. Those are mostly the copies of the trees'
+    /// reused now instead of after the next sync, unless publish handed it to the writeback
+    /// thread: such a page may still be under writeback, and a page written by every
+    /// transaction should not wait for or redo the disk's write (the ordinary rule only ever
+    /// reuses pages the sync has cleaned; measured, `perf/server.md`). Those are mostly the copies of the trees'
     /// upper levels, which every transaction rewrites: reusing their ids lets the rewrites
     /// of one sync interval meet in the page cache (the writeback thread leaves rewritten
     /// branch pages to the sync), so the disk writes such a page about twice per sync
@@ -859,13 +862,16 @@ impl Backend {
             }
             txns.pop_front();
             fl.release_early(freed, |start, pages| {
-                young.get(&start).is_some_and(|&(born, born_pages)| {
-                    debug_assert!(born < freed, "run {start} born {born}, freed {freed}");
-                    born_pages == pages
-                        && born > synced
-                        && born < freed
-                        && (syncing == 0 || born > syncing || freed <= syncing)
-                })
+                young
+                    .get(&start)
+                    .is_some_and(|&(born, born_pages, written_back)| {
+                        debug_assert!(born < freed, "run {start} born {born}, freed {freed}");
+                        !written_back
+                            && born_pages == pages
+                            && born > synced
+                            && born < freed
+                            && (syncing == 0 || born > syncing || freed <= syncing)
+                    })
             });
         }
     }
@@ -876,7 +882,7 @@ impl Backend {
         let mut young = self.young.borrow_mut();
         for p in pages {
             if young.len() < MAX_YOUNG_RUNS || young.contains_key(&p.id) {
-                young.insert(p.id, (txid, p.pages()));
+                young.insert(p.id, (txid, p.pages(), p.written_back));
             }
         }
         let mut txns = self.early_txns.borrow_mut();
@@ -916,7 +922,7 @@ impl Backend {
         in_flight.completed = true;
         self.young
             .borrow_mut()
-            .retain(|_, (born, _)| *born > snap.txid);
+            .retain(|_, (born, _, _)| *born > snap.txid);
         Ok(snap.txid)
     }
 
@@ -1093,7 +1099,12 @@ impl Backend {
                     *deferred = None;
                 }
             }
-            for p in pages.iter().filter(|p| !hot(p)) {
+            let hot: Vec<bool> = pages.iter().map(hot).collect();
+            drop(young);
+            for (p, hot) in pages.iter_mut().zip(hot) {
+                p.written_back = !hot;
+            }
+            for p in pages.iter().filter(|p| p.written_back) {
                 let (pos, len) = (p.id * PAGE_SIZE as u64, p.buf.len() as u64);
                 match ranges.back_mut() {
                     Some((s, n)) if *s + *n == pos => *n += len,

@@ -1468,10 +1468,20 @@ fn large_publishes_kick_the_writeback_thread() {
     });
 }
 
-/// Opens a backend at `path` and loads keys `00000..keys` of tree `kv` with `value`, published
-/// and synced.
-async fn load_synced(path: &Path, keys: u32, value: &[u8]) -> Backend {
-    let b = Backend::open(path, opts()).await.unwrap();
+/// Options for the early-reuse safety tests: no writeback thread, so that every page written
+/// and freed between syncs is a candidate for early reuse (with it, only the pages never
+/// handed to it are).
+fn opts_all_early() -> Options {
+    Options {
+        writeback: false,
+        ..opts()
+    }
+}
+
+/// Opens a backend at `path` with `o` and loads keys `00000..keys` of tree `kv` with
+/// `value`, published and synced.
+async fn load_synced(path: &Path, o: Options, keys: u32, value: &[u8]) -> Backend {
+    let b = Backend::open(path, o).await.unwrap();
     let mut w = b.begin_write().unwrap();
     let mut t = w.open_tree(b"kv", KeyOrder::Bytewise).unwrap();
     for i in 0..keys {
@@ -1508,7 +1518,7 @@ fn pages_born_and_freed_between_syncs_are_reused_at_once() {
     let path = dir.path().join("db");
     let p2 = path.clone();
     run(move || async move {
-        let b = load_synced(&p2, 3000, b"durable").await;
+        let b = load_synced(&p2, opts_all_early(), 3000, b"durable").await;
         let hw0 = high_water(&b);
         // 300 unsynced transactions, each rewriting one key: ~4 pages each (catalog leaf,
         // root, leaf, freelist segment). Without early reuse the high water grows ~1,200.
@@ -1545,7 +1555,7 @@ fn early_reuse_spares_pages_of_pinned_unsynced_snapshots() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
     run(move || async move {
-        let b = load_synced(&path, 3000, b"v0").await;
+        let b = load_synced(&path, opts_all_early(), 3000, b"v0").await;
         // Unsynced rewrites, then a reader pinned on the last of them.
         for k in 0..3000u32 {
             if k % 10 == 0 {
@@ -1577,7 +1587,7 @@ fn early_reuse_spares_pages_of_the_snapshot_being_synced() {
     let copy = dir.path().join("copy");
     let c2 = copy.clone();
     run(move || async move {
-        let b = std::rc::Rc::new(load_synced(&path, 3000, b"v0").await);
+        let b = std::rc::Rc::new(load_synced(&path, opts_all_early(), 3000, b"v0").await);
         for round in 0..5u32 {
             // Published after the last sync: the pages the next sync's snapshot reaches are
             // young, candidates for early reuse once freed.
@@ -1628,7 +1638,7 @@ fn writeback_ranges_leave_rewritten_branch_pages_to_the_sync() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
     run(move || async move {
-        let b = load_synced(&path, 3000, b"v").await;
+        let b = load_synced(&path, opts(), 3000, b"v").await;
         b.start_writeback();
         let kinds_handed_over = |b: &Backend| {
             let kind = |pg: u64| b.shared.map[pg as usize * PAGE_SIZE + 4];
@@ -1640,6 +1650,14 @@ fn writeback_ranges_leave_rewritten_branch_pages_to_the_sync() {
             }
             kinds
         };
+        let ids_handed_over = |b: &Backend| {
+            let mut ids = std::collections::BTreeSet::new();
+            for &(pos, len) in b.unkicked_ranges.borrow().iter() {
+                ids.extend(pos / PAGE_SIZE as u64..(pos + len) / PAGE_SIZE as u64);
+            }
+            ids
+        };
+        let mut handed_over = std::collections::BTreeSet::new();
         // Small transactions (no kick of their own) touching keys under several branches.
         for round in 0..3 {
             let mut w = b.begin_write().unwrap();
@@ -1649,6 +1667,15 @@ fn writeback_ranges_leave_rewritten_branch_pages_to_the_sync() {
             }
             w.publish().await.unwrap();
             let kinds = kinds_handed_over(&b);
+            // A page handed to the writeback thread is not reused before the sync (writing
+            // into a page under writeback is what early reuse must not cause).
+            let ids = ids_handed_over(&b);
+            assert!(
+                ids.is_disjoint(&handed_over),
+                "round {round} reused pages handed to writeback: {:?}",
+                ids.intersection(&handed_over).collect::<Vec<_>>()
+            );
+            handed_over.extend(ids);
             assert!(
                 kinds.get(&page::KIND_LEAF).copied().unwrap_or(0) >= 10,
                 "round {round}: the ten leaves written are handed over: {kinds:?}"

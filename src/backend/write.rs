@@ -104,6 +104,8 @@ pub(crate) struct DirtyPage {
     pub buf: Vec<u8>,
     /// The clean page this one is a copy of (copy-on-write), if it is one.
     pub replaced: Option<u64>,
+    /// Publish handed this page to the writeback thread (set by publish).
+    pub written_back: bool,
     kind: u8,
     count: u16,
     payload: u32,
@@ -1155,6 +1157,7 @@ impl TxnCore {
         };
         let seg = DirtyPage {
             replaced: None,
+            written_back: false,
             id: pg,
             buf,
             kind: KIND_FREELIST,
@@ -1201,6 +1204,7 @@ impl TxnCore {
                 id,
                 buf: node.into_vec(),
                 replaced: self.replaced.get(&id).copied(),
+                written_back: false,
                 kind,
                 count: n as u16,
                 payload: 0,
@@ -1212,6 +1216,7 @@ impl TxnCore {
                 id,
                 buf,
                 replaced: None,
+                written_back: false,
                 kind: KIND_OVERFLOW,
                 count: 0,
                 payload: len,
