@@ -4,10 +4,7 @@
 //! the durable meta while that meta's txid is older than `T`. It therefore sits in `pending[T]`
 //! until both the synced txid and the oldest pinned reader snapshot are `>= T`; only then does
 //! [`Freelist::release`] move it to `free`, from which runs are allocated (first fit, lowest
-//! page first, so the file stays dense). [`Freelist::release_early`] moves single extents of
-//! one transaction sooner, for the backend's early reuse (pages no meta that can be durable
-//! and no reader can reach). Moving a page from pending to free changes nothing persisted:
-//! a meta's freelist is the union of both.
+//! page first, so the file stays dense).
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -211,40 +208,6 @@ impl Freelist {
                 batch.push((s, n));
             }
         }
-        self.merge_free(batch);
-    }
-
-    /// Moves the extents freed by transaction `txid` that `reachable_by_nobody` accepts to the
-    /// reusable set before `txid` is durable; the others stay pending. Returns the pages moved.
-    /// The caller vouches for every accepted extent that no durable meta, no meta being made
-    /// durable and no pinned reader can reach it (`Backend::begin_write`, early reuse).
-    pub(crate) fn release_early(
-        &mut self,
-        txid: u64,
-        mut reachable_by_nobody: impl FnMut(u64, u64) -> bool,
-    ) -> u64 {
-        let Some(list) = self.pending.get_mut(&txid) else {
-            return 0;
-        };
-        let mut batch = Vec::new();
-        list.retain(|&(s, n)| {
-            let early = reachable_by_nobody(s, n);
-            if early {
-                batch.push((s, n));
-            }
-            !early
-        });
-        if list.is_empty() {
-            self.pending.remove(&txid);
-        }
-        let pages: u64 = batch.iter().map(|&(_, n)| n).sum();
-        self.pending_pages -= pages;
-        self.merge_free(batch);
-        pages
-    }
-
-    /// Adds `batch` (extents that were pending) to the reusable set.
-    fn merge_free(&mut self, mut batch: Vec<(u64, u64)>) {
         if batch.len() < 16 {
             for (s, n) in batch {
                 // A page freed twice (damaged file) is already free: keep the set consistent.
@@ -393,37 +356,6 @@ mod tests {
         assert!(f.insert_free(41, 1));
         assert_eq!(f.alloc(2), Some(40));
         assert_eq!(f.alloc(1), None, "the double-freed page is handed out once");
-    }
-
-    #[test]
-    fn early_release_moves_only_the_accepted_extents_of_one_transaction() {
-        let mut f = Freelist::default();
-        f.add_pending(5, 30, 1);
-        f.add_pending(6, 31, 1);
-        f.add_pending(6, 50, 3);
-        f.add_pending(6, 60, 1);
-        assert_eq!(f.release_early(7, |_, _| true), 0, "nothing pending for 7");
-        assert_eq!(f.release_early(6, |s, _| s != 60), 4);
-        assert_eq!((f.free_pages(), f.pending_pages()), (4, 2));
-        assert!(f.is_free(31) && f.is_free(52) && !f.is_free(60) && !f.is_free(30));
-        // What stays pending keeps its transaction: the ordinary rule releases it later.
-        f.release(5);
-        assert!(f.is_free(30) && !f.is_free(60));
-        f.release(6);
-        assert!(f.is_free(60) && f.pending_pages() == 0);
-        // The persisted set (free + pending) is what it was all along.
-        assert_eq!(f.all_extents().unwrap(), vec![(30, 2), (50, 3), (60, 1)]);
-        // Many extents at once take the merging path and give the same set.
-        let mut g = Freelist::default();
-        for i in 0..40u64 {
-            g.add_pending(9, 100 + 2 * i, 1);
-        }
-        assert_eq!(g.release_early(9, |s, _| s % 4 == 0), 20);
-        assert_eq!(
-            g.extents(),
-            (0..20u64).map(|i| (100 + 4 * i, 1)).collect::<Vec<_>>()
-        );
-        assert_eq!(g.pending_pages(), 20);
     }
 
     #[test]

@@ -16,7 +16,6 @@
 
 use std::cell::{Cell, RefCell};
 use std::cmp::Ordering;
-use std::collections::VecDeque;
 use std::fmt;
 use std::ops::{Bound, RangeBounds};
 use std::os::unix::fs::FileExt;
@@ -314,23 +313,6 @@ pub const MAX_WRITE_BYTES: usize = 64 * 1024;
 /// pages, so a large publish does not hold the thread for its whole copy.
 pub const PUBLISH_YIELD_PAGES: u64 = 256;
 
-/// Most page runs whose birth transaction the writer remembers for early reuse (see
-/// [`Backend::begin_write`]): the runs published since the last completed sync, 16 bytes
-/// each plus the map's overhead. Beyond it (a sync interval that writes more, or a backend
-/// that is never synced) new runs are simply not candidates: they wait for the sync like any
-/// other freed page.
-pub const MAX_YOUNG_RUNS: usize = 64 * 1024;
-
-/// Most branch pages remembered as left dirty for the sync (see
-/// [`Backend::start_writeback`]); past it, writeback ranges are no longer joined across gaps
-/// until the next sync starts.
-pub const MAX_DEFERRED_BRANCHES: usize = 64 * 1024;
-
-/// Most published transactions whose frees wait to be offered for early reuse (each is
-/// offered once no reader pinned before it remains; see [`Backend::begin_write`]). When a
-/// long reader holds the queue full, the oldest are dropped: their pages wait for the sync.
-pub const MAX_EARLY_REUSE_TXNS: usize = 1024;
-
 /// During [`Backend::compact_into`], the copy is published and synced whenever its write
 /// transaction holds this many dirty pages, bounding memory.
 pub const COMPACT_TXN_PAGES: u64 = 16 * 1024;
@@ -385,25 +367,6 @@ pub struct Backend {
     writeback: Option<Writeback>,
     /// Bytes written by publishes since the writeback thread was last kicked.
     unkicked_bytes: Cell<u64>,
-    /// Byte ranges published since the writeback thread was last kicked, rewritten branch
-    /// pages left out (see [`Backend::start_writeback`]).
-    unkicked_ranges: RefCell<Vec<(u64, u64)>>,
-    /// Branch pages left dirty for the sync since the latest sync started, so kicked ranges
-    /// can be joined across gaps that hold none of them; `None` once more than
-    /// [`MAX_DEFERRED_BRANCHES`] were left.
-    deferred_branches: RefCell<Option<std::collections::BTreeSet<u64>>>,
-    /// Early reuse (see [`Backend::begin_write`]): the transaction that wrote each page run
-    /// published since the last completed sync, the run's length and whether publish handed
-    /// it to the writeback thread, by first page (at most [`MAX_YOUNG_RUNS`]).
-    young: RefCell<write::PageMap<(u64, u64, bool)>>,
-    /// Published transactions whose frees have not been offered for early reuse yet, oldest
-    /// first (at most [`MAX_EARLY_REUSE_TXNS`]).
-    early_txns: RefCell<VecDeque<u64>>,
-    /// The txid an in-flight [`Backend::sync`] is making durable; 0 when none is.
-    syncing: Cell<u64>,
-    /// Set for good when a sync fails: its meta may still reach the disk, so no page it can
-    /// see may be reused early any more.
-    early_reuse_off: Cell<bool>,
 }
 
 /// A thread-safe handle for starting read transactions on any thread.
@@ -727,34 +690,16 @@ impl Backend {
             sync_lock: glommio::sync::Semaphore::new(1),
             writeback,
             unkicked_bytes: Cell::new(0),
-            unkicked_ranges: RefCell::new(Vec::new()),
-            deferred_branches: RefCell::new(Some(Default::default())),
-            young: RefCell::new(write::PageMap::default()),
-            early_txns: RefCell::new(VecDeque::new()),
-            syncing: Cell::new(0),
-            early_reuse_off: Cell::new(false),
         })
     }
 
     /// Asks the writeback thread (if [`Options::writeback`]) to start the kernel's writeback
-    /// of the pages published since the last call, except branch pages rewritten within the
-    /// current sync interval; returns at once (at most one thread wake-up). Makes nothing
-    /// durable: only [`Backend::sync`] does.
-    ///
-    /// Why those branch pages wait for the sync: every random-key transaction rewrites most
-    /// of a tree's upper levels, and early reuse (see [`Backend::begin_write`]) gives each
-    /// rewrite the page id of an earlier copy: left dirty, the rewrites meet in the page cache
-    /// and the sync writes each such page once. A branch page whose previous version predates
-    /// the last sync (the first copy in an interval; all of them in a large tree that is
-    /// rewritten rarely) starts at once like every leaf, so the sync finds little left.
+    /// of every page published so far; returns at once (at most one thread wake-up). Makes
+    /// nothing durable: only [`Backend::sync`] does.
     pub fn start_writeback(&self) {
         if let Some(w) = &self.writeback {
             self.unkicked_bytes.set(0);
-            let mut ranges = self.unkicked_ranges.borrow_mut();
-            if let Some(deferred) = &*self.deferred_branches.borrow() {
-                join_ranges(&mut ranges, deferred);
-            }
-            w.kick_ranges(&mut ranges);
+            w.kick();
         }
     }
 
@@ -787,11 +732,6 @@ impl Backend {
     }
 
     /// Starts the write transaction; [`Error::WriterBusy`] if one is open.
-    ///
-    /// First it makes freed pages reusable: those freed by a transaction that is durable and
-    /// older than every pinned reader, and, by early reuse, those written and freed again
-    /// since the last sync that no meta which can become durable and no pinned reader can
-    /// reach (see `release_early` in the source and ARCHITECTURE.md, "Page reuse rule").
     pub fn begin_write(&self) -> Result<WriteTxn<'_>> {
         if self.writer_busy.get() {
             return Err(Error::WriterBusy);
@@ -799,10 +739,12 @@ impl Backend {
         let mut st = self.state.borrow_mut();
         // Reuse rule: pages freed by txn T come back once T is durable (the synced meta no
         // longer sees them) and no pinned reader is older than T.
-        let synced = self.shared.synced.load(SeqCst);
-        let oldest_pinned = self.shared.reg.oldest_pinned();
-        st.freelist.release(synced.min(oldest_pinned));
-        self.release_early(&mut st.freelist, synced, oldest_pinned);
+        let limit = self
+            .shared
+            .synced
+            .load(SeqCst)
+            .min(self.shared.reg.oldest_pinned());
+        st.freelist.release(limit);
         debug_assert_eq!(
             st.freelist.free_pages() + st.freelist.pending_pages(),
             st.free_total
@@ -830,68 +772,6 @@ impl Backend {
         })
     }
 
-    /// Early reuse: a page run written by transaction `B` and freed by transaction `F` is
-    /// reachable only from the snapshots `B..F`. If none of them is durable (`B > synced`),
-    /// being made durable (an in-flight sync's txid is outside `B..F`) or pinned by a reader
-    /// (every pinned snapshot is `>= F`), nothing can ever read the run again, so it is
-    /// reused now instead of after the next sync, unless publish handed it to the writeback
-    /// thread: such a page may still be under writeback, and a page written by every
-    /// transaction should not wait for or redo the disk's write (the ordinary rule only ever
-    /// reuses pages the sync has cleaned; measured, `perf/server.md`). Those are mostly the copies of the trees'
-    /// upper levels, which every transaction rewrites: reusing their ids lets the rewrites
-    /// of one sync interval meet in the page cache (the writeback thread leaves rewritten
-    /// branch pages to the sync), so the disk writes such a page about twice per sync
-    /// interval, not once per transaction.
-    /// Crash safety is unchanged: after a crash the file opens at a durable meta, which
-    /// cannot reach the run.
-    fn release_early(&self, fl: &mut Freelist, synced: u64, oldest_pinned: u64) {
-        if self.early_reuse_off.get() {
-            return;
-        }
-        let syncing = self.syncing.get();
-        let young = self.young.borrow();
-        let mut txns = self.early_txns.borrow_mut();
-        while let Some(&freed) = txns.front() {
-            if freed <= synced {
-                // Born before `freed` and so at or before the durable meta: the ordinary rule.
-                txns.pop_front();
-                continue;
-            }
-            if freed > oldest_pinned {
-                break;
-            }
-            txns.pop_front();
-            fl.release_early(freed, |start, pages| {
-                young
-                    .get(&start)
-                    .is_some_and(|&(born, born_pages, written_back)| {
-                        debug_assert!(born < freed, "run {start} born {born}, freed {freed}");
-                        !written_back
-                            && born_pages == pages
-                            && born > synced
-                            && born < freed
-                            && (syncing == 0 || born > syncing || freed <= syncing)
-                    })
-            });
-        }
-    }
-
-    /// Records the runs transaction `txid` wrote as candidates for early reuse, and `txid` as
-    /// a transaction whose frees are to be offered for it.
-    fn note_published(&self, pages: &[DirtyPage], txid: u64) {
-        let mut young = self.young.borrow_mut();
-        for p in pages {
-            if young.len() < MAX_YOUNG_RUNS || young.contains_key(&p.id) {
-                young.insert(p.id, (txid, p.pages(), p.written_back));
-            }
-        }
-        let mut txns = self.early_txns.borrow_mut();
-        if txns.len() == MAX_EARLY_REUSE_TXNS {
-            txns.pop_front();
-        }
-        txns.push_back(txid);
-    }
-
     /// Makes every published transaction durable: data pages, fdatasync, meta page,
     /// fdatasync. Returns the txid now durable.
     ///
@@ -910,24 +790,6 @@ impl Backend {
         if snap.txid <= synced {
             return Ok(synced);
         }
-        // Until it completes, no page the snapshot being synced can see is reused early.
-        let mut in_flight = SyncInFlight {
-            backend: self,
-            completed: false,
-        };
-        self.syncing.set(snap.txid);
-        // The sync's fdatasync writes every branch page published so far.
-        *self.deferred_branches.borrow_mut() = Some(Default::default());
-        self.sync_snapshot(&snap).await?;
-        in_flight.completed = true;
-        self.young
-            .borrow_mut()
-            .retain(|_, (born, _, _)| *born > snap.txid);
-        Ok(snap.txid)
-    }
-
-    /// [`Backend::sync`]'s disk work for `snap`, the latest published snapshot.
-    async fn sync_snapshot(&self, snap: &Snap) -> Result<()> {
         let path = &self.shared.path;
         let data_sync_err =
             |e| Error::io(format!("fdatasync (data pages) of {}", path.display()), e);
@@ -963,7 +825,7 @@ impl Backend {
         }
         self.state.borrow_mut().durable_slot = slot;
         self.shared.synced.store(snap.txid, SeqCst);
-        Ok(())
+        Ok(snap.txid)
     }
 
     /// Walks every page of the latest published snapshot and the freelist.
@@ -1080,53 +942,6 @@ impl Backend {
         for p in pages.iter_mut() {
             p.seal(txid);
         }
-        // The byte ranges to hand to the writeback thread, in file order: each goes to
-        // `unkicked_ranges` once written (see `written`), so a kick never names a range that
-        // is not in the page cache yet.
-        let mut ranges: VecDeque<(u64, u64)> = VecDeque::new();
-        if self.writeback.is_some() {
-            // A branch page whose previous version was itself written since the last sync is
-            // being rewritten within one sync interval: left dirty, its next rewrites (at the
-            // id early reuse gives them) meet it in the page cache. Any other page starts now.
-            let young = self.young.borrow();
-            let hot = |p: &DirtyPage| {
-                p.is_branch() && p.replaced.is_some_and(|old| young.contains_key(&old))
-            };
-            let mut deferred = self.deferred_branches.borrow_mut();
-            if let Some(set) = &mut *deferred {
-                set.extend(pages.iter().filter(|p| hot(p)).map(|p| p.id));
-                if set.len() > MAX_DEFERRED_BRANCHES {
-                    *deferred = None;
-                }
-            }
-            let hot: Vec<bool> = pages.iter().map(hot).collect();
-            drop(young);
-            for (p, hot) in pages.iter_mut().zip(hot) {
-                p.written_back = !hot;
-            }
-            for p in pages.iter().filter(|p| p.written_back) {
-                let (pos, len) = (p.id * PAGE_SIZE as u64, p.buf.len() as u64);
-                match ranges.back_mut() {
-                    Some((s, n)) if *s + *n == pos => *n += len,
-                    _ => ranges.push_back((pos, len)),
-                }
-            }
-        }
-        let written = |end: u64, ranges: &mut VecDeque<(u64, u64)>| {
-            let mut unkicked = self.unkicked_ranges.borrow_mut();
-            while let Some(&(s, n)) = ranges.front() {
-                if s >= end {
-                    break;
-                }
-                if s + n <= end {
-                    unkicked.push((s, n));
-                    ranges.pop_front();
-                } else {
-                    unkicked.push((s, end - s));
-                    ranges[0] = (end, s + n - end);
-                }
-            }
-        };
         let fd = self.file.as_raw_fd();
         let path = &self.shared.path;
         // Pieces of at most MAX_WRITE_BYTES, in file order.
@@ -1143,7 +958,6 @@ impl Backend {
                 && (pos != end || (end - start) as usize + piece.len() > MAX_WRITE_BYTES)
             {
                 pwritev_all(fd, &group, start, path)?;
-                written(end, &mut ranges);
                 self.wrote(end - start);
                 since_yield += (end - start) as usize;
                 group.clear();
@@ -1160,49 +974,9 @@ impl Backend {
         }
         if !group.is_empty() {
             pwritev_all(fd, &group, start, path)?;
-            written(end, &mut ranges);
             self.wrote(end - start);
         }
-        debug_assert!(ranges.is_empty());
         Ok(())
-    }
-}
-
-/// Sorts byte ranges `(offset, length)` of the file and joins neighbours whose gap holds no
-/// page of `deferred` (pages between them are then clean, or leaves the writeback may as well
-/// start), so the writeback thread makes one call per joined run instead of one per leaf.
-fn join_ranges(ranges: &mut Vec<(u64, u64)>, deferred: &std::collections::BTreeSet<u64>) {
-    let ps = PAGE_SIZE as u64;
-    ranges.sort_unstable();
-    ranges.dedup_by(|next, run| {
-        let run_end = run.0 + run.1;
-        let joins = next.0 <= run_end
-            || deferred
-                .range(run_end / ps..next.0.div_ceil(ps))
-                .next()
-                .is_none();
-        if joins {
-            run.1 = run.1.max(next.0 + next.1 - run.0);
-        }
-        joins
-    });
-}
-
-/// Marks a [`Backend::sync`] in flight for early reuse. A sync that fails or is dropped
-/// half-way may still have put its meta on the disk (or will, when the kernel writes the page
-/// back), so early reuse stops for good: only the ordinary rule, which waits for a completed
-/// sync, is safe then.
-struct SyncInFlight<'a> {
-    backend: &'a Backend,
-    completed: bool,
-}
-
-impl Drop for SyncInFlight<'_> {
-    fn drop(&mut self) {
-        self.backend.syncing.set(0);
-        if !self.completed {
-            self.backend.early_reuse_off.set(true);
-        }
     }
 }
 
@@ -1526,7 +1300,6 @@ impl<'b> WriteTxn<'b> {
             let (mut pages, snap) = core.prepare_commit()?;
             backend.ensure_len(snap.high_water)?;
             backend.write_pages(&mut pages, snap.txid).await?;
-            backend.note_published(&pages, snap.txid);
             core.keep_written(pages);
             snap
         } else {

@@ -102,21 +102,12 @@ pub(crate) struct DirtyPage {
     pub id: u64,
     /// The page or run, `run * PAGE_SIZE` bytes.
     pub buf: Vec<u8>,
-    /// The clean page this one is a copy of (copy-on-write), if it is one.
-    pub replaced: Option<u64>,
-    /// Publish handed this page to the writeback thread (set by publish).
-    pub written_back: bool,
     kind: u8,
     count: u16,
     payload: u32,
 }
 
 impl DirtyPage {
-    /// Whether this is a branch page.
-    pub(crate) fn is_branch(&self) -> bool {
-        self.kind == KIND_BRANCH
-    }
-
     /// Pages in this page's run.
     pub(crate) fn pages(&self) -> u64 {
         (self.buf.len() / PAGE_SIZE) as u64
@@ -174,8 +165,6 @@ pub(crate) struct TxnCore {
     undo: Vec<(u64, u64, bool)>,
     /// Clean pages (run heads) this transaction freed, to catch a page referenced twice.
     freed_now: std::collections::HashSet<u64, std::hash::BuildHasherDefault<PageIdHasher>>,
-    /// For each page copied on write: the clean page it replaces (new id -> old id).
-    replaced: PageMap<u64>,
 }
 
 fn internal(msg: &str) -> Error {
@@ -216,7 +205,6 @@ impl TxnCore {
             trees: Vec::new(),
             poison: None,
             freed_now: Default::default(),
-            replaced: PageMap::default(),
         }
     }
 
@@ -314,7 +302,6 @@ impl TxnCore {
     /// this transaction) is a damaged file: an error, never a corrupted freelist.
     fn free(&mut self, pg: u64, n: u64) -> Result<()> {
         if let Some(page) = self.nodes.remove(&pg) {
-            self.replaced.remove(&pg);
             self.recycle(page);
             self.release_dirty(pg, n);
             return Ok(());
@@ -461,7 +448,6 @@ impl TxnCore {
         self.free(pg, 1)?;
         let id = self.alloc(1)?;
         self.nodes.insert(id, copy);
-        self.replaced.insert(id, pg);
         Ok(id)
     }
 
@@ -1156,8 +1142,6 @@ impl TxnCore {
             self.chain_records + records.len() as u64
         };
         let seg = DirtyPage {
-            replaced: None,
-            written_back: false,
             id: pg,
             buf,
             kind: KIND_FREELIST,
@@ -1203,8 +1187,6 @@ impl TxnCore {
             pages.push(DirtyPage {
                 id,
                 buf: node.into_vec(),
-                replaced: self.replaced.get(&id).copied(),
-                written_back: false,
                 kind,
                 count: n as u16,
                 payload: 0,
@@ -1215,8 +1197,6 @@ impl TxnCore {
             pages.push(DirtyPage {
                 id,
                 buf,
-                replaced: None,
-                written_back: false,
                 kind: KIND_OVERFLOW,
                 count: 0,
                 payload: len,

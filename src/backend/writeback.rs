@@ -33,14 +33,9 @@ use super::Error;
 /// runs and measured no worse than the others since.
 pub const WRITEBACK_KICK_BYTES: u64 = 256 * 1024;
 
-/// Most byte ranges queued for the writeback thread. A kick that would queue more turns the
-/// next round into one call over the whole file (which also starts the pages the ranges left
-/// out), so the queue never grows past this.
-pub const MAX_WRITEBACK_RANGES: usize = 16 * 1024;
-
 /// A thread that starts the kernel's writeback of a file's dirty pages when kicked
-/// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`, over the ranges it was given or the whole file:
-/// it queues the writes and returns without waiting for them, and makes nothing durable).
+/// (`sync_file_range(SYNC_FILE_RANGE_WRITE)` over the whole file: it queues the writes and
+/// returns without waiting for them, and makes nothing durable).
 ///
 /// Why: see the module comment. In the server, kicked after each publish, the writes reach
 /// the disk in small pieces between the WAL's own writes and the periodic sync finds little
@@ -59,11 +54,6 @@ pub struct Writeback {
 struct WritebackShared {
     /// A round was asked for and has not started yet.
     pending: AtomicBool,
-    /// Byte ranges `(offset, length)` the next round starts writeback of (at most
-    /// [`MAX_WRITEBACK_RANGES`]).
-    ranges: Mutex<Vec<(u64, u64)>>,
-    /// The next round covers the whole file (the queued ranges would have overflowed).
-    whole: AtomicBool,
     /// The owner is gone: the thread exits.
     stop: AtomicBool,
     /// Rounds that started writeback successfully.
@@ -94,8 +84,6 @@ impl Writeback {
             .map_err(|e| Error::io(format!("opening {} for writeback", path.display()), e))?;
         let shared = Arc::new(WritebackShared {
             pending: AtomicBool::new(false),
-            ranges: Mutex::new(Vec::new()),
-            whole: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             rounds: AtomicU64::new(0),
             first_error: Mutex::new(None),
@@ -113,30 +101,9 @@ impl Writeback {
         })
     }
 
-    /// Asks for a writeback round over the byte ranges `(offset, length)` drained from
-    /// `ranges` (plus any still queued; a length of 0 means "to the end of the file", as for
-    /// `sync_file_range`); returns at once (one lock and one atomic swap when a round is
-    /// already pending, else also one wake-up of the thread). Pages outside every range stay
-    /// dirty until a sync or a whole-file round. If the queue would exceed
-    /// [`MAX_WRITEBACK_RANGES`], the round covers the whole file instead.
-    pub fn kick_ranges(&self, ranges: &mut Vec<(u64, u64)>) {
-        if ranges.is_empty() {
-            return;
-        }
-        {
-            let mut q = self.shared.ranges.lock().unwrap_or_else(|e| e.into_inner());
-            if q.len() + ranges.len() > MAX_WRITEBACK_RANGES {
-                q.clear();
-                ranges.clear();
-                self.shared.whole.store(true, Ordering::Release);
-            } else {
-                q.append(ranges);
-            }
-        }
-        self.wake();
-    }
-
-    fn wake(&self) {
+    /// Asks for a writeback round; returns at once (one atomic swap when a round is already
+    /// pending, else also one wake-up of the thread).
+    pub fn kick(&self) {
         if !self.shared.pending.swap(true, Ordering::AcqRel) {
             if let Some(t) = &self.thread {
                 t.thread().unpark();
@@ -169,27 +136,6 @@ impl Drop for Writeback {
     }
 }
 
-/// Sorts byte ranges `(offset, length)` and joins those that touch or overlap, so a round
-/// makes one call per run of adjacent pages. A length of 0 ("to the end of the file")
-/// absorbs every range after its offset.
-fn coalesce(ranges: &mut Vec<(u64, u64)>) {
-    ranges.sort_unstable();
-    ranges.dedup_by(|next, run| {
-        if run.1 == 0 {
-            return true;
-        }
-        let joins = next.0 <= run.0 + run.1;
-        if joins {
-            run.1 = if next.1 == 0 {
-                0
-            } else {
-                run.1.max(next.0 + next.1 - run.0)
-            };
-        }
-        joins
-    });
-}
-
 fn writeback_loop(shared: &WritebackShared, file: &std::fs::File, path: &Path) {
     loop {
         if shared.stop.load(Ordering::Acquire) {
@@ -201,29 +147,10 @@ fn writeback_loop(shared: &WritebackShared, file: &std::fs::File, path: &Path) {
             std::thread::park();
             continue;
         }
-        let mut ranges =
-            std::mem::take(&mut *shared.ranges.lock().unwrap_or_else(|e| e.into_inner()));
-        if shared.whole.swap(false, Ordering::AcqRel) {
-            // Offset 0 and length 0 mean "to the end of the file".
-            ranges = vec![(0, 0)];
-        } else {
-            coalesce(&mut ranges);
-        }
-        let mut r = 0;
-        for &(offset, len) in &ranges {
-            // SAFETY: plain syscall on a file descriptor this thread owns for its whole life.
-            r = unsafe {
-                libc::sync_file_range(
-                    file.as_raw_fd(),
-                    offset as libc::off64_t,
-                    len as libc::off64_t,
-                    libc::SYNC_FILE_RANGE_WRITE,
-                )
-            };
-            if r != 0 {
-                break;
-            }
-        }
+        // SAFETY: plain syscall on a file descriptor this thread owns for its whole life;
+        // offset 0 and length 0 mean "to the end of the file".
+        let r =
+            unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
         if r == 0 {
             shared.rounds.fetch_add(1, Ordering::AcqRel);
         } else {
@@ -256,11 +183,6 @@ mod tests {
     /// Dirty and under-writeback pages of a file (Linux `cachestat`, 6.5+); None if the
     /// kernel lacks it.
     fn dirty_pages(file: &std::fs::File) -> Option<(u64, u64)> {
-        dirty_pages_in(file, 0, 0)
-    }
-
-    /// Dirty and under-writeback pages of `[off, off+len)` of a file (`len` 0: to the end).
-    fn dirty_pages_in(file: &std::fs::File, off: u64, len: u64) -> Option<(u64, u64)> {
         #[repr(C)]
         struct Range {
             off: u64,
@@ -276,7 +198,7 @@ mod tests {
             nr_recently_evicted: u64,
         }
         const SYS_CACHESTAT: libc::c_long = 451;
-        let range = Range { off, len };
+        let range = Range { off: 0, len: 0 };
         let mut cs = CacheStat::default();
         // SAFETY: both pointers are valid for the call; the kernel writes only `cs`.
         let r = unsafe {
@@ -305,7 +227,7 @@ mod tests {
                 assert!(dirty + writeback > 0, "fresh writes are dirty");
             }
             let before = w.stats().rounds;
-            w.kick_ranges(&mut vec![(0, 0)]);
+            w.kick();
             let deadline = Instant::now() + Duration::from_secs(20);
             loop {
                 let clean = match dirty_pages(&f) {
@@ -330,65 +252,13 @@ mod tests {
     }
 
     #[test]
-    fn ranges_are_sorted_and_joined_where_they_touch() {
-        let mut r = vec![
-            (8192, 4096),
-            (0, 4096),
-            (4096, 4096),
-            (20480, 8192),
-            (24576, 4096),
-        ];
-        coalesce(&mut r);
-        assert_eq!(r, vec![(0, 12288), (20480, 8192)]);
-        let mut r = vec![(40960, 4096), (8192, 0), (0, 4096), (12288, 4096)];
-        coalesce(&mut r);
-        assert_eq!(r, vec![(0, 4096), (8192, 0)], "length 0 runs to the end");
-        let mut r = vec![(0, 4096), (4096, 0)];
-        coalesce(&mut r);
-        assert_eq!(r, vec![(0, 0)]);
-        let mut r: Vec<(u64, u64)> = Vec::new();
-        coalesce(&mut r);
-        assert!(r.is_empty());
-    }
-
-    #[test]
-    fn kicked_ranges_clean_their_pages() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db");
-        let mut f = std::fs::File::create(&path).unwrap();
-        f.write_all(&vec![9u8; 64 * 4096]).unwrap();
-        let w = Writeback::start(&path).unwrap();
-        // Two ranges that touch, given in two kicks.
-        w.kick_ranges(&mut vec![(16 * 4096, 8 * 4096)]);
-        w.kick_ranges(&mut vec![(8 * 4096, 8 * 4096)]);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let clean = match dirty_pages_in(&f, 8 * 4096, 16 * 4096) {
-                Some((dirty, writeback)) => dirty == 0 && writeback == 0,
-                None => true,
-            };
-            if clean && w.stats().rounds > 0 {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "kicked range still dirty 20 s later: {:?} {:?}",
-                dirty_pages_in(&f, 8 * 4096, 16 * 4096),
-                w.stats()
-            );
-            std::thread::yield_now();
-        }
-        assert_eq!(w.stats().failures, 0);
-    }
-
-    #[test]
     fn kicks_coalesce_and_drop_stops_the_thread() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
         std::fs::write(&path, [1u8; 4096]).unwrap();
         let w = Writeback::start(&path).unwrap();
         for _ in 0..1000 {
-            w.kick_ranges(&mut vec![(0, 0)]);
+            w.kick();
         }
         let deadline = Instant::now() + Duration::from_secs(20);
         while w.shared.pending.load(Ordering::Acquire) || w.stats().rounds == 0 {
