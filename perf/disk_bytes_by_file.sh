@@ -12,8 +12,9 @@
 # window, so a WAL segment released during the window still counts as WAL; "other" is what
 # no file of the data dir holds: the ext4 journal and metadata, and any other process's
 # writes. Prints the bench's summary line, then per class MB, bytes per request served
-# (revisions in the window), disk requests and their mean size. The filesystem must be on
-# the disk the requests go to (the data dir is under mktemp -d's directory).
+# (revisions in the window), disk requests and their mean size. The data dir (under mktemp
+# -d's directory) must be on a filesystem that spans a whole disk, not a partition:
+# `filefrag` gives sectors within the filesystem, the block layer within the device.
 set -euo pipefail
 [[ $# -ge 5 && $4 == -- ]] || { sed -n 5,6p "$0" >&2; exit 2; }
 BIN=$1; WARMUP=$2; WINDOW=$3; shift 4
@@ -43,10 +44,15 @@ size, reqs = collections.Counter(), collections.Counter()
 for line in open(sys.argv[2]):
     p = line.split()
     sector, sectors = int(p[3]), int(p[5])
-    i = bisect.bisect_right(starts, sector) - 1
+    # The two snapshots can disagree (an extent that grew or merged in the window), so the
+    # extent holding the sector need not be the last one starting before it.
     name = "other"
-    if i >= 0 and ext[i][0] <= sector <= ext[i][1]:
-        name = "wal" if ext[i][2].endswith((".wal", ".prep")) else ext[i][2]
+    i = bisect.bisect_right(starts, sector) - 1
+    while i >= 0 and i >= bisect.bisect_right(starts, sector) - 64:
+        if ext[i][0] <= sector <= ext[i][1]:
+            name = "wal" if ext[i][2].endswith((".wal", ".prep")) else ext[i][2]
+            break
+        i -= 1
     size[name] += sectors * 512
     reqs[name] += 1
 print(f"requests served in the window: {n}")
