@@ -367,6 +367,8 @@ pub struct Backend {
     writeback: Option<Writeback>,
     /// Bytes written by publishes since the writeback thread was last kicked.
     unkicked_bytes: Cell<u64>,
+    /// `pwritev` calls and bytes of all publishes since open (see [`Stats::page_writes`]).
+    page_writes: Cell<(u64, u64)>,
 }
 
 /// A thread-safe handle for starting read transactions on any thread.
@@ -388,6 +390,12 @@ pub struct Stats {
     pub synced_txid: u64,
     /// Pages on the freelist.
     pub free_pages: u64,
+    /// `pwritev` calls publishes made since open: with the bytes below, how contiguous
+    /// the pages of write transactions were (one call per run of at most
+    /// [`MAX_WRITE_BYTES`]).
+    pub page_writes: u64,
+    /// Bytes publishes wrote since open.
+    pub page_write_bytes: u64,
 }
 
 /// What [`Backend::check`] found.
@@ -690,6 +698,7 @@ impl Backend {
             sync_lock: glommio::sync::Semaphore::new(1),
             writeback,
             unkicked_bytes: Cell::new(0),
+            page_writes: Cell::new((0, 0)),
         })
     }
 
@@ -711,6 +720,8 @@ impl Backend {
     /// Counts `bytes` just written by a publish and kicks the writeback thread once
     /// [`WRITEBACK_KICK_BYTES`] have accumulated.
     fn wrote(&self, bytes: u64) {
+        let (calls, total) = self.page_writes.get();
+        self.page_writes.set((calls + 1, total + bytes));
         let n = self.unkicked_bytes.get() + bytes;
         if n >= WRITEBACK_KICK_BYTES {
             self.start_writeback();
@@ -898,6 +909,8 @@ impl Backend {
             published_txid: st.published.txid,
             synced_txid: self.shared.synced.load(SeqCst),
             free_pages: free,
+            page_writes: self.page_writes.get().0,
+            page_write_bytes: self.page_writes.get().1,
         }
     }
 

@@ -167,6 +167,14 @@ pub(crate) struct TxnCore {
     freed_now: std::collections::HashSet<u64, std::hash::BuildHasherDefault<PageIdHasher>>,
 }
 
+/// The file grows for a run of contiguous pages (rather than reusing shorter free extents)
+/// only while less than 1/`GROW_FOR_RUN_FREE_SHARE` of it is free. Runs make a publish a few
+/// large writes instead of one `pwritev` and one scattered disk write per changed leaf
+/// (`perf/backend.md`, "Contiguous allocation"); this bounds what they cost in file size:
+/// the file grows for them only while it is under 1.5x the pages in use or waiting for a
+/// sync.
+pub(crate) const GROW_FOR_RUN_FREE_SHARE: u64 = 3;
+
 fn internal(msg: &str) -> Error {
     Error::Corrupt(format!("internal invariant broken: {msg}"))
 }
@@ -275,17 +283,32 @@ impl TxnCore {
                 limit: MAX_TXN_DIRTY_PAGES as usize,
             });
         }
-        let pg = match self.freelist.alloc(n) {
+        // Contiguity first (a run in the free set, else the end of the file while little of
+        // it is free), then density (first fit), then the end of the file whatever is free.
+        let grow_ok = self.hw + n <= self.max_pages;
+        let may_grow = grow_ok && self.freelist.free_pages() * GROW_FOR_RUN_FREE_SHARE < self.hw;
+        let reused = match self.freelist.alloc_in_run(n) {
+            Some(pg) => Some(pg),
+            None if may_grow => None,
+            None => self.freelist.alloc(n),
+        };
+        let pg = match reused {
             Some(pg) => {
-                self.delta.push((pg, n, false));
+                // Pages taken one after another make one record (nothing changed the set
+                // between them, so on replay they lie in one extent).
+                match self.delta.last_mut() {
+                    Some((s, len, false)) if *s + *len == pg => *len += n,
+                    _ => self.delta.push((pg, n, false)),
+                }
                 self.undo.push((pg, n, true));
                 pg
             }
             None => {
-                if self.hw + n > self.max_pages {
+                if !grow_ok {
                     return Err(Error::MapFull);
                 }
                 self.hw += n;
+                self.freelist.set_cursor(self.hw);
                 self.hw - n
             }
         };
