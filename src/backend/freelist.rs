@@ -6,13 +6,15 @@
 //! [`Freelist::release`] move it to `free`, from which pages are allocated.
 //!
 //! Allocation prefers contiguity over density ([`Freelist::alloc_in_run`]): a write
-//! transaction's pages are taken one after another from a free extent of at least
-//! [`MIN_ALLOC_RUN`] pages, so a publish writes them with a few large `pwritev`s and the disk
-//! gets long sequential writes instead of one scattered 4 KiB page per changed leaf. Only
-//! when no such extent exists does the writer grow the file or, once enough of the file is
-//! free, take the lowest free pages ([`Freelist::alloc`], first fit). Shorter extents are
-//! never broken up for contiguity: tried, that left no extent for multi-page runs (freelist
-//! segments, large values) once the set was fragmented, and the file crept without bound.
+//! transaction's pages are taken one after another from a free extent, so a publish writes
+//! them with a few large `pwritev`s and the disk gets sequential writes instead of one
+//! scattered 4 KiB page per changed leaf. The writer first looks for an extent of
+//! `RUN_LEVELS[0]` pages; without one it grows the file while little of it is free, else it
+//! takes shorter extents (the other levels) and at last first fit ([`Freelist::alloc`]).
+//!
+//! One extent, the longest, is held back from runs and single pages (the reserve): breaking
+//! up every extent for runs once left no extent for a multi-page run (a freelist segment, a
+//! large value), so each of those grew the file, and the file crept without bound.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -27,9 +29,10 @@ pub(crate) const SEG_HDR: usize = 16;
 pub(crate) const REMOVE_FLAG: u64 = 1 << 63;
 /// Most segments in the persisted freelist chain before it is rewritten as one.
 pub const MAX_FREELIST_SEGMENTS: usize = 256;
-/// Shortest free extent [`Freelist::alloc_in_run`] starts a run in: 16 pages = 64 KiB, one
-/// publish `pwritev` (`MAX_WRITE_BYTES`).
-pub const MIN_ALLOC_RUN: u64 = 16;
+/// The extent lengths [`Freelist::alloc_in_run`] starts a run in, longest first. Level 0,
+/// 16 pages = 64 KiB, is one publish `pwritev` (`MAX_WRITE_BYTES`) and the only level tried
+/// while the file may still grow for runs.
+pub const RUN_LEVELS: [u64; 4] = [16, 8, 4, 2];
 
 /// The persisted freelist of a snapshot: the replayed set, its segments (oldest first) and
 /// their total record count.
@@ -115,10 +118,13 @@ pub(crate) struct Freelist {
     /// there while that page is still free. Only a hint (an aborted transaction leaves it
     /// pointing at pages that are free again, which is what the next one wants).
     cursor: u64,
-    /// A full pass found no extent of [`MIN_ALLOC_RUN`] pages; cleared whenever the set may
-    /// have gained one. Saves a pass over thousands of short extents per allocation while
-    /// the set is fragmented.
-    no_long_extent: bool,
+    /// Bit `l` set: a full pass found no extent of `RUN_LEVELS[l]` pages (besides the
+    /// reserve); cleared whenever the set may have gained one. Saves a pass over thousands of
+    /// short extents per allocation while the set is fragmented.
+    no_extent_at_level: u8,
+    /// The reserve: the longest extent (start, length), which runs and single pages leave
+    /// alone while there is any other choice. `None`: to be found again (by a pass).
+    reserve: Option<(u64, u64)>,
 }
 
 impl Freelist {
@@ -165,8 +171,18 @@ impl Freelist {
                 len
             }
         };
-        if merged_len >= MIN_ALLOC_RUN {
-            self.no_long_extent = false;
+        for (l, &run) in RUN_LEVELS.iter().enumerate() {
+            if merged_len >= run {
+                self.no_extent_at_level &= !(1 << l);
+            }
+        }
+        if let Some((_, reserve_len)) = self.reserve {
+            if merged_len >= reserve_len {
+                // The merged extent is the new longest (if it swallowed the reserve, the
+                // reserve's start may have moved with it).
+                let at = self.free.partition_point(|&(s, _)| s <= start) - 1;
+                self.reserve = Some(self.free[at]);
+            }
         }
         self.free_pages += len;
         true
@@ -182,6 +198,9 @@ impl Freelist {
         let (s, n) = self.free[i - 1];
         if start.saturating_add(len) > s + n {
             return false;
+        }
+        if self.reserve.is_some_and(|(rs, _)| rs == s) {
+            self.reserve = None;
         }
         let (before, after) = (start - s, s + n - (start + len));
         match (before > 0, after > 0) {
@@ -240,7 +259,8 @@ impl Freelist {
                 batch.push((s, n));
             }
         }
-        self.no_long_extent = false;
+        self.no_extent_at_level = 0;
+        self.reserve = None;
         if batch.len() < 16 {
             for (s, n) in batch {
                 // A page freed twice (damaged file) is already free: keep the set consistent.
@@ -280,15 +300,20 @@ impl Freelist {
         self.free_pages = total;
     }
 
-    /// Takes `n` contiguous reusable pages (first fit); `None` if no extent is long enough.
+    /// Takes `n` contiguous reusable pages (first fit; a single page from the reserve only
+    /// if nothing else is free); `None` if no extent is long enough.
     pub(crate) fn alloc(&mut self, n: u64) -> Option<u64> {
         debug_assert!(n > 0);
-        let i = if self.free.front()?.1 >= n {
-            0
-        } else {
-            self.free.iter().position(|&(_, len)| len >= n)?
+        let reserve = self.reserve_start();
+        let skip = |s: u64| n == 1 && Some(s) == reserve;
+        let i = match self.free.iter().position(|&(s, len)| len >= n && !skip(s)) {
+            Some(i) => i,
+            None => self.free.iter().position(|&(_, len)| len >= n)?,
         };
         let (s, len) = self.free[i];
+        if Some(s) == reserve {
+            self.reserve = None;
+        }
         if len == n {
             self.free.remove(i);
         } else {
@@ -300,42 +325,63 @@ impl Freelist {
 
     /// Takes `n` contiguous reusable pages for a transaction that wants its pages in runs:
     /// right after the previous allocation if those pages are free, else from the front of
-    /// the next extent (in page order, wrapping once) of at least `max(n, MIN_ALLOC_RUN)`
-    /// pages. `None` if there is no such extent; the caller then grows the file or falls
-    /// back to [`Freelist::alloc`].
-    pub(crate) fn alloc_in_run(&mut self, n: u64) -> Option<u64> {
+    /// the next extent (in page order, wrapping once) of at least `max(n, RUN_LEVELS[level])`
+    /// pages; never from the reserve. `None` if there is no such extent; the caller then
+    /// grows the file, tries the next level or falls back to [`Freelist::alloc`].
+    pub(crate) fn alloc_in_run(&mut self, n: u64, level: usize) -> Option<u64> {
         debug_assert!(n > 0);
+        let reserve = self.reserve_start();
         let at = self.free.partition_point(|&(s, _)| s < self.cursor);
         if let Some(&(s, len)) = self.free.get(at) {
-            if s == self.cursor && len >= n {
+            if s == self.cursor && len >= n && Some(s) != reserve {
                 return Some(self.take_front(at, n));
             }
         }
-        let memo = n <= MIN_ALLOC_RUN;
-        if memo && self.no_long_extent {
+        let run = RUN_LEVELS[level];
+        let memo = n <= run;
+        if memo && self.no_extent_at_level & (1 << level) != 0 {
             return None;
         }
-        let want = n.max(MIN_ALLOC_RUN);
+        let want = n.max(run);
         let count = self.free.len();
         let found = (0..count)
             .map(|k| (at + k) % count)
-            .find(|&i| self.free[i].1 >= want);
+            .find(|&i| self.free[i].1 >= want && Some(self.free[i].0) != reserve);
         match found {
             Some(i) => Some(self.take_front(i, n)),
             None => {
                 if memo {
-                    self.no_long_extent = true;
+                    self.no_extent_at_level |= 1 << level;
                 }
                 None
             }
         }
     }
 
-    /// Takes the first `n` pages of extent `i` (at least `n` long) and moves the cursor past
-    /// them.
+    /// The reserve's first page, found again by a pass over the set if it was used up or
+    /// moved (after a release, or when an allocation or removal took part of it).
+    fn reserve_start(&mut self) -> Option<u64> {
+        if self.reserve.is_none() {
+            let mut longest: Option<(u64, u64)> = None;
+            for &(s, len) in &self.free {
+                if longest.is_none_or(|(_, l)| len > l) {
+                    longest = Some((s, len));
+                }
+            }
+            self.reserve = longest;
+        }
+        self.reserve.map(|(s, _)| s)
+    }
+
+    /// Takes the first `n` pages of extent `i` (at least `n` long, not the reserve) and moves
+    /// the cursor past them.
     fn take_front(&mut self, i: usize, n: u64) -> u64 {
         let (s, len) = self.free[i];
         debug_assert!(len >= n);
+        debug_assert!(
+            self.reserve.is_none_or(|(r, _)| r != s),
+            "run taken from the reserve"
+        );
         if len == n {
             self.free.remove(i);
         } else {
@@ -418,60 +464,81 @@ mod tests {
         assert_eq!(f.alloc(4), Some(10));
         assert_eq!(f.alloc(2), Some(20));
         assert_eq!(f.alloc(2), None);
-        assert_eq!(f.alloc(1), Some(14));
+        // Single pages leave the reserve (the longest extent, the lowest of equals) alone.
+        assert_eq!(f.alloc(1), Some(22));
         assert_eq!(f.free_pages(), 1);
-        assert!(f.is_free(22) && !f.is_free(21));
+        assert!(f.is_free(14) && !f.is_free(22));
     }
 
     #[test]
-    fn runs_continue_at_the_cursor_then_take_the_next_long_extent() {
+    fn runs_continue_at_the_cursor_then_take_the_next_long_extent_but_not_the_reserve() {
+        const RUN: u64 = RUN_LEVELS[0];
         let mut f = Freelist::default();
         f.insert_free(10, 3);
-        f.insert_free(100, MIN_ALLOC_RUN);
-        f.insert_free(200, 2 * MIN_ALLOC_RUN);
+        f.insert_free(100, RUN);
+        f.insert_free(200, RUN + 1);
+        f.insert_free(1000, 4 * RUN);
         f.set_cursor(150);
-        // From the cursor on, the first long extent; short ones are skipped.
-        assert_eq!(f.alloc_in_run(1), Some(200));
-        assert_eq!(f.alloc_in_run(1), Some(201));
-        assert_eq!(f.alloc_in_run(3), Some(202));
-        // A page freed right at the cursor continues the run even though its extent is short.
-        f.insert_free(205 + 2 * MIN_ALLOC_RUN, 1);
-        f.set_cursor(205 + 2 * MIN_ALLOC_RUN);
-        assert_eq!(f.alloc_in_run(1), Some(205 + 2 * MIN_ALLOC_RUN));
+        // From the cursor on, the first long extent (short ones skipped, the longest, at
+        // 1000, held back); the run continues there.
+        assert_eq!(f.alloc_in_run(1, 0), Some(200));
+        assert_eq!(f.alloc_in_run(3, 0), Some(201));
+        // A page freed right at the cursor continues the run even though it is short.
+        assert!(f.remove_range(204, RUN - 3));
+        f.insert_free(204, 1);
+        assert_eq!(f.alloc_in_run(1, 0), Some(204));
         // The pass wraps to the lowest long extent.
-        assert_eq!(f.alloc_in_run(2), Some(100));
-        assert_eq!(f.alloc_in_run(1), Some(102));
-        assert!(f.remove_range(103, MIN_ALLOC_RUN - 3));
-        assert_eq!(f.alloc_in_run(1), Some(205));
-        assert!(f.remove_range(206, 2 * MIN_ALLOC_RUN - 6));
-        // Only short extents left: no run (remembered until the set gains a long extent).
-        assert_eq!(f.alloc_in_run(1), None);
-        assert!(f.no_long_extent);
-        f.insert_free(50, MIN_ALLOC_RUN - 1);
-        assert!(f.no_long_extent, "a short extent does not reset the memo");
-        f.insert_free(50 + MIN_ALLOC_RUN - 1, 1);
+        assert_eq!(f.alloc_in_run(2, 0), Some(100));
+        assert!(f.remove_range(102, RUN - 2));
+        // Only short extents besides the reserve: no run at level 0 (remembered until the set
+        // gains a long extent), but shorter levels find one.
+        assert_eq!(f.alloc_in_run(1, 0), None);
+        assert_eq!(f.no_extent_at_level & 1, 1);
         assert_eq!(
-            f.alloc_in_run(1),
+            f.alloc_in_run(1, 2),
+            None,
+            "no extent of 4 pages but the reserve"
+        );
+        assert_eq!(
+            f.alloc_in_run(1, 3),
+            Some(10),
+            "an extent of 3 is a run at level 3"
+        );
+        f.insert_free(50, RUN - 1);
+        assert_eq!(
+            f.no_extent_at_level & 1,
+            1,
+            "a short extent does not reset the memo"
+        );
+        f.insert_free(50 + RUN - 1, 1);
+        f.set_cursor(0);
+        assert_eq!(
+            f.alloc_in_run(1, 0),
             Some(50),
-            "two short extents that merge make a run"
+            "two short extents merged make a run"
         );
-        // A run longer than the minimum needs an extent as long as itself.
-        assert_eq!(f.alloc_in_run(MIN_ALLOC_RUN + 1), None);
-        assert!(
-            !f.no_long_extent,
-            "a failed long request says nothing about short runs"
-        );
-        // First fit still takes the short extents, lowest first.
-        assert_eq!(f.alloc(3), Some(10));
-        // A release can create long extents: the memo is reset.
-        f.no_long_extent = true;
-        for pg in 300..300 + MIN_ALLOC_RUN {
+        // A run longer than the reserve can only come from first fit, which may use it.
+        assert_eq!(f.alloc_in_run(RUN + 1, 0), None);
+        assert_eq!(f.alloc(4 * RUN), Some(1000));
+        assert_eq!(f.free_pages(), 2 + RUN - 1);
+        // A release resets the memo and finds the reserve again.
+        f.no_extent_at_level = 0xff;
+        for pg in 300..300 + 2 * RUN {
             f.add_pending(7, pg, 1);
         }
         f.release(7);
-        f.set_cursor(0);
-        assert_eq!(f.alloc_in_run(1), Some(300));
-        assert_eq!(f.free_pages(), MIN_ALLOC_RUN - 1 + MIN_ALLOC_RUN - 1);
+        assert_eq!(
+            f.alloc_in_run(1, 0),
+            Some(51),
+            "the reserve (300) is left alone"
+        );
+        // Single pages by first fit skip the reserve too, unless nothing else is free.
+        let mut g = Freelist::default();
+        g.insert_free(5, 1);
+        g.insert_free(7, 3);
+        assert_eq!(g.alloc(1), Some(5));
+        assert_eq!(g.alloc(1), Some(7), "only the reserve is left");
+        assert_eq!(g.alloc(2), Some(8));
     }
 
     #[test]
@@ -518,9 +585,9 @@ mod tests {
         assert_eq!(batched.extents(), single.all_extents().unwrap());
         assert_eq!(batched.free_pages(), 4 + 40);
         assert_eq!(batched.pending_pages(), 0);
-        // Lowest page first, extent by extent.
-        assert_eq!(batched.alloc(1), Some(100));
-        assert_eq!(batched.alloc(2), Some(101));
+        // Lowest page first, except that single pages leave the longest extent alone.
+        assert_eq!(batched.alloc(2), Some(100));
+        assert_eq!(batched.alloc(1), Some(106), "102+2 is now the longest");
         // A page freed twice (damaged file) is unioned, not counted twice.
         for i in 0..20u64 {
             batched.add_pending(10, 1000 + i, 1);

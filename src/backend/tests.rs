@@ -1186,13 +1186,12 @@ fn scattered_publish_reads_back_through_the_mapping_and_after_reopen() {
     });
 }
 
-/// Random-key rewrites (each round copies ~200 of ~1,700 pages) publish their pages in runs
-/// more than one `pwritev` per scattered page, and the file still stays within the bound the
-/// allocator promises (it grows for runs only while under 1.5x the pages in use or pending)
-/// and stops growing: the file neither creeps nor becomes a log. First fit alone gave 1.13
-/// pages per write here; runs of free extents (which form only while the file grows) give
-/// ~1.6. Breaking up shorter extents for runs gave ~3.9 but made the file creep (see
-/// `freelist.rs`).
+/// Random-key rewrites (each round copies ~200 of ~1,700 pages) publish their pages in runs,
+/// not one `pwritev` per scattered page, while the file stays within the bound the allocator
+/// promises (it grows for runs only while under 1.5x the pages in use or pending) and stops
+/// growing. First fit alone gave 1.13 pages per write here, runs from long extents only 1.6,
+/// runs from shorter extents too 3.7-3.9; without the reserve (`freelist.rs`) the last crept
+/// by ~0.7 pages per round for good.
 #[test]
 fn random_rewrites_publish_in_runs_and_the_file_stays_bounded() {
     let dir = tempfile::tempdir().unwrap();
@@ -1252,7 +1251,7 @@ fn random_rewrites_publish_in_runs_and_the_file_stays_bounded() {
         let free_pages = b.stats().free_pages;
         let per_write = bytes as f64 / writes.max(1) as f64 / PAGE_SIZE as f64;
         assert!(
-            per_write >= 1.4,
+            per_write >= 3.0,
             "{writes} writes of {per_write:.2} pages on average: the pages were not allocated in runs"
         );
         let r = b.begin_read().unwrap();

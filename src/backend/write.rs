@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::ops::Bound;
 use std::sync::Arc;
 
-use super::freelist::{Freelist, MAX_FREELIST_SEGMENTS, REMOVE_FLAG, SEG_HDR};
+use super::freelist::{Freelist, MAX_FREELIST_SEGMENTS, REMOVE_FLAG, RUN_LEVELS, SEG_HDR};
 use super::node::{branch_cell_bytes, split_points, write_leaf_cell, PageBuf, MIN_FILL};
 use super::page::*;
 use super::readers::Snap;
@@ -283,14 +283,16 @@ impl TxnCore {
                 limit: MAX_TXN_DIRTY_PAGES as usize,
             });
         }
-        // Contiguity first (a run in the free set, else the end of the file while little of
-        // it is free), then density (first fit), then the end of the file whatever is free.
+        // Contiguity first (a long run in the free set, else the end of the file while little
+        // of it is free, else shorter runs), then first fit, then the end of the file.
         let grow_ok = self.hw + n <= self.max_pages;
         let may_grow = grow_ok && self.freelist.free_pages() * GROW_FOR_RUN_FREE_SHARE < self.hw;
-        let reused = match self.freelist.alloc_in_run(n) {
+        let reused = match self.freelist.alloc_in_run(n, 0) {
             Some(pg) => Some(pg),
             None if may_grow => None,
-            None => self.freelist.alloc(n),
+            None => (1..RUN_LEVELS.len())
+                .find_map(|level| self.freelist.alloc_in_run(n, level))
+                .or_else(|| self.freelist.alloc(n)),
         };
         let pg = match reused {
             Some(pg) => {
