@@ -26,6 +26,9 @@ pub const VAL_SIZE: usize = 1024;
 pub const STANDARD_DURATION: Duration = Duration::from_secs(60);
 /// Keys listed per clean-up step (each step deletes what it listed: bounded requests).
 pub const CLEANUP_BATCH: u64 = 10_000;
+/// Environment variable that lowers [`CLEANUP_BATCH`] (a test makes a small run's clean-up
+/// take many steps).
+pub const CLEANUP_BATCH_ENV: &str = "COREKV_CHECK_PERF_CLEANUP_BATCH";
 /// Pass: throughput must exceed this share of the rate.
 pub const MIN_THROUGHPUT_SHARE: f64 = 0.9;
 /// Pass: slowest request at most this long.
@@ -138,15 +141,18 @@ async fn prefix_has_keys(conn: &mut Conn) -> Result<bool, String> {
 }
 
 /// Deletes every key under the prefix in steps of at most [`CLEANUP_BATCH`] keys (servers
-/// bound the changes one request may make); returns how many it deleted.
-async fn delete_prefix(conn: &mut Conn) -> Result<u64, String> {
+/// bound the changes one request may make); returns how many it deleted. Each listing starts
+/// after the keys already deleted: from the prefix start, every listing would step over all
+/// the deleted keys again (quadratic: minutes for the xl load's ~900k keys).
+async fn delete_prefix(conn: &mut Conn, batch: u64) -> Result<u64, String> {
     let end = prefix_end(PREFIX);
     let mut deleted = 0u64;
+    let mut from = PREFIX.to_vec();
     loop {
         let g = Get {
-            key: PREFIX.to_vec(),
+            key: from.clone(),
             range_end: end.clone(),
-            limit: CLEANUP_BATCH,
+            limit: batch,
             serializable: false,
             keys_only: true,
         };
@@ -160,9 +166,10 @@ async fn delete_prefix(conn: &mut Conn) -> Result<u64, String> {
         let mut upto = last.clone();
         upto.push(0);
         deleted += conn
-            .delete_range(PREFIX.to_vec(), upto)
+            .delete_range(from, upto.clone())
             .await
             .map_err(|e| format!("check-perf clean-up: delete: {}", e.0))?;
+        from = upto;
     }
 }
 
@@ -254,10 +261,20 @@ pub fn run(argv: &[String]) -> Result<(), String> {
             .map_or(1, |d| d.as_nanos() as u64),
         value: vec![0; VAL_SIZE],
     };
+    let batch = match std::env::var(CLEANUP_BATCH_ENV) {
+        Ok(v) => v
+            .parse::<u64>()
+            .ok()
+            .filter(|b| (1..=CLEANUP_BATCH).contains(b))
+            .ok_or(format!(
+                "{CLEANUP_BATCH_ENV}={v:?}: expected a key count from 1 to {CLEANUP_BATCH}"
+            ))?,
+        Err(_) => CLEANUP_BATCH,
+    };
     let run = load::run(&s, Arc::new(puts));
     // Clean up even when the run failed part-way.
     let deleted = target::with_conn(s.target, &s.endpoints, s.timeout, |mut c| async move {
-        delete_prefix(&mut c).await
+        delete_prefix(&mut c, batch).await
     });
     let mut report = run?;
     let deleted = deleted?;
