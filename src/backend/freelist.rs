@@ -16,7 +16,7 @@
 //! up every extent for runs once left no extent for a multi-page run (a freelist segment, a
 //! large value), so each of those grew the file, and the file crept without bound.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::page::{header, rd_u64, FIRST_DATA_PAGE, HDR, KIND_FREELIST};
 use super::view::View;
@@ -102,15 +102,19 @@ pub(crate) fn load_chain(v: &View<'_>, head: u64, pages: u64) -> Result<Chain> {
 
 /// Extents `(start page, page count)`, kept sorted and coalesced.
 ///
-/// The reusable set is a sorted `VecDeque` rather than a tree: the write transaction takes it
-/// over (and an aborted one rolls its changes back from a log, see `TxnCore::abort_freelist`),
-/// and a compacting publish serialises the whole list. A deque because single pages are
-/// allocated from the front (lowest page first): with thousands of one-page extents (the
-/// pages of earlier random-key commits) each allocation is O(1), not a shift of the whole
-/// list. [`Freelist::release`] merges a whole batch of extents in one linear pass.
+/// The reusable set is a `BTreeMap` from an extent's first page to its length, indexed again
+/// by length, so taking, splitting or adding an extent anywhere, finding the shortest extent
+/// that fits a run and finding the longest are all O(log extents). Runs leave one-page holes
+/// behind, so the set may hold a hundred thousand extents; the sorted `VecDeque` and linear
+/// passes it replaced became the raft shard's largest cost there (`perf/backend.md`,
+/// "Contiguous allocation"). The write transaction takes the set over (an aborted one rolls
+/// its changes back from a log, see `TxnCore::abort_freelist`).
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Freelist {
-    free: VecDeque<(u64, u64)>,
+    /// Start page -> length of every reusable extent.
+    free: BTreeMap<u64, u64>,
+    /// `(length, start)` of every extent in `free`: the same set ordered by length.
+    by_len: BTreeSet<(u64, u64)>,
     free_pages: u64,
     pending: BTreeMap<u64, Vec<(u64, u64)>>,
     pending_pages: u64,
@@ -118,13 +122,6 @@ pub(crate) struct Freelist {
     /// there while that page is still free. Only a hint (an aborted transaction leaves it
     /// pointing at pages that are free again, which is what the next one wants).
     cursor: u64,
-    /// Bit `l` set: a full pass found no extent of `RUN_LEVELS[l]` pages (besides the
-    /// reserve); cleared whenever the set may have gained one. Saves a pass over thousands of
-    /// short extents per allocation while the set is fragmented.
-    no_extent_at_level: u8,
-    /// The reserve: the longest extent (start, length), which runs and single pages leave
-    /// alone while there is any other choice. `None`: to be found again (by a pass).
-    reserve: Option<(u64, u64)>,
 }
 
 impl Freelist {
@@ -138,6 +135,34 @@ impl Freelist {
         self.pending_pages
     }
 
+    /// The reserve: the longest extent (the highest of equals) as `(start, length)`, which
+    /// runs and single pages leave alone while there is any other choice.
+    fn reserve(&self) -> Option<(u64, u64)> {
+        self.by_len.last().map(|&(len, s)| (s, len))
+    }
+
+    /// The free extent holding page `pg`, if any.
+    fn extent_at(&self, pg: u64) -> Option<(u64, u64)> {
+        let (&s, &n) = self.free.range(..=pg).next_back()?;
+        (pg < s + n).then_some((s, n))
+    }
+
+    /// Adds extent `(s, len)` to both indexes (no merging).
+    fn put(&mut self, s: u64, len: u64) {
+        debug_assert!(len > 0);
+        let old = self.free.insert(s, len);
+        debug_assert!(old.is_none(), "extent {s} added twice");
+        self.by_len.insert((len, s));
+    }
+
+    /// Takes the extent starting at `s` out of both indexes; its length.
+    fn del(&mut self, s: u64) -> Option<u64> {
+        let len = self.free.remove(&s)?;
+        let was = self.by_len.remove(&(len, s));
+        debug_assert!(was, "extent {s}+{len} missing from the length index");
+        Some(len)
+    }
+
     /// Adds `[start, start+len)` to the reusable set, merging with neighbours. Returns false
     /// (and changes nothing) if part of it is already free, which only a damaged file that
     /// references a page twice can cause.
@@ -146,43 +171,19 @@ impl Freelist {
         if self.overlaps_free(start, len) {
             return false;
         }
-        let i = self.free.partition_point(|&(s, _)| s < start);
-        let joins_prev = i > 0 && {
-            let (ps, pn) = self.free[i - 1];
-            ps + pn == start
-        };
-        let joins_next = i < self.free.len() && self.free[i].0 == start + len;
-        let merged_len = match (joins_prev, joins_next) {
-            (true, true) => {
-                let nn = self.free.remove(i).map_or(0, |(_, nn)| nn);
-                self.free[i - 1].1 += len + nn;
-                self.free[i - 1].1
+        let prev = self
+            .free
+            .range(..start)
+            .next_back()
+            .map(|(&s, &n)| (s, n))
+            .filter(|&(s, n)| s + n == start);
+        let next_len = self.del(start + len).unwrap_or(0);
+        match prev {
+            Some((ps, pn)) => {
+                self.del(ps);
+                self.put(ps, pn + len + next_len);
             }
-            (true, false) => {
-                self.free[i - 1].1 += len;
-                self.free[i - 1].1
-            }
-            (false, true) => {
-                self.free[i] = (start, len + self.free[i].1);
-                self.free[i].1
-            }
-            (false, false) => {
-                self.free.insert(i, (start, len));
-                len
-            }
-        };
-        for (l, &run) in RUN_LEVELS.iter().enumerate() {
-            if merged_len >= run {
-                self.no_extent_at_level &= !(1 << l);
-            }
-        }
-        if let Some((_, reserve_len)) = self.reserve {
-            if merged_len >= reserve_len {
-                // The merged extent is the new longest (if it swallowed the reserve, the
-                // reserve's start may have moved with it).
-                let at = self.free.partition_point(|&(s, _)| s <= start) - 1;
-                self.reserve = Some(self.free[at]);
-            }
+            None => self.put(start, len + next_len),
         }
         self.free_pages += len;
         true
@@ -191,28 +192,19 @@ impl Freelist {
     /// Takes `[start, start+len)` out of the reusable set; false (nothing changed) unless it
     /// lies inside one free extent.
     pub(crate) fn remove_range(&mut self, start: u64, len: u64) -> bool {
-        let i = self.free.partition_point(|&(s, _)| s <= start);
-        if i == 0 {
+        let Some((s, n)) = self.extent_at(start) else {
             return false;
-        }
-        let (s, n) = self.free[i - 1];
+        };
         if start.saturating_add(len) > s + n {
             return false;
         }
-        if self.reserve.is_some_and(|(rs, _)| rs == s) {
-            self.reserve = None;
-        }
+        self.del(s);
         let (before, after) = (start - s, s + n - (start + len));
-        match (before > 0, after > 0) {
-            (false, false) => {
-                self.free.remove(i - 1);
-            }
-            (true, false) => self.free[i - 1].1 = before,
-            (false, true) => self.free[i - 1] = (start + len, after),
-            (true, true) => {
-                self.free[i - 1].1 = before;
-                self.free.insert(i, (start + len, after));
-            }
+        if before > 0 {
+            self.put(s, before);
+        }
+        if after > 0 {
+            self.put(start + len, after);
         }
         self.free_pages -= len;
         true
@@ -220,13 +212,10 @@ impl Freelist {
 
     /// Whether any page of `[start, start+len)` is in the reusable set.
     pub(crate) fn overlaps_free(&self, start: u64, len: u64) -> bool {
-        let i = self
-            .free
-            .partition_point(|&(s, _)| s < start.saturating_add(len));
-        i > 0 && {
-            let (s, n) = self.free[i - 1];
-            s + n > start
-        }
+        self.free
+            .range(..start.saturating_add(len))
+            .next_back()
+            .is_some_and(|(&s, &n)| s + n > start)
     }
 
     /// Records that transaction `txid` stopped referencing `[start, start+len)`.
@@ -259,137 +248,86 @@ impl Freelist {
                 batch.push((s, n));
             }
         }
-        self.no_extent_at_level = 0;
-        self.reserve = None;
-        if batch.len() < 16 {
-            for (s, n) in batch {
-                // A page freed twice (damaged file) is already free: keep the set consistent.
-                self.insert_free(s, n);
-            }
-            return;
-        }
-        // One sorted merge (O(set + batch log batch)) instead of a Vec insert per extent. Any
-        // overlap (a page freed twice: damaged file) is unioned, so the set stays consistent.
+        // Adjacent pages of one batch (a transaction's freed runs) join before they meet the
+        // set: fewer tree operations.
         batch.sort_unstable();
-        let mut merged: VecDeque<(u64, u64)> =
-            VecDeque::with_capacity(self.free.len() + batch.len());
-        let mut total = 0;
-        let mut a = std::mem::take(&mut self.free).into_iter().peekable();
-        let mut b = batch.into_iter().peekable();
-        loop {
-            let next = match (a.peek(), b.peek()) {
-                (Some(x), Some(y)) if x.0 <= y.0 => a.next(),
-                (Some(_), Some(_)) | (None, Some(_)) => b.next(),
-                (Some(_), None) => a.next(),
-                (None, None) => break,
-            };
-            let (s, n) = next.expect("peeked");
-            match merged.back_mut() {
-                Some((ls, ln)) if *ls + *ln >= s => {
-                    let end = (*ls + *ln).max(s + n);
-                    total += end - (*ls + *ln);
-                    *ln = end - *ls;
-                }
-                _ => {
-                    merged.push_back((s, n));
-                    total += n;
+        let mut joined: Vec<(u64, u64)> = Vec::with_capacity(batch.len());
+        for (s, n) in batch {
+            match joined.last_mut() {
+                Some((ls, ln)) if *ls + *ln == s => *ln += n,
+                _ => joined.push((s, n)),
+            }
+        }
+        for (s, n) in joined {
+            if !self.insert_free(s, n) {
+                // A page freed twice (damaged file): add the part that is not free yet, so
+                // the set stays consistent and counts no page twice.
+                for pg in s..s + n {
+                    if !self.overlaps_free(pg, 1) {
+                        self.insert_free(pg, 1);
+                    }
                 }
             }
         }
-        self.free = merged;
-        self.free_pages = total;
     }
 
-    /// Takes `n` contiguous reusable pages (first fit; a single page from the reserve only
-    /// if nothing else is free); `None` if no extent is long enough.
+    /// Takes `n` contiguous reusable pages; `None` if no extent is long enough. A single
+    /// page comes from the lowest extent that is not the reserve (the reserve only if nothing
+    /// else is free), more pages from the shortest extent that fits (best fit).
     pub(crate) fn alloc(&mut self, n: u64) -> Option<u64> {
         debug_assert!(n > 0);
-        let reserve = self.reserve_start();
-        let skip = |s: u64| n == 1 && Some(s) == reserve;
-        let i = match self.free.iter().position(|&(s, len)| len >= n && !skip(s)) {
-            Some(i) => i,
-            None => self.free.iter().position(|&(_, len)| len >= n)?,
-        };
-        let (s, len) = self.free[i];
-        if Some(s) == reserve {
-            self.reserve = None;
-        }
-        if len == n {
-            self.free.remove(i);
+        let (s, len) = if n == 1 {
+            let reserve = self.reserve();
+            let mut lowest = self.free.iter().map(|(&s, &len)| (s, len));
+            match lowest.next()? {
+                e if Some(e) == reserve => lowest.next().unwrap_or(e),
+                e => e,
+            }
         } else {
-            self.free[i] = (s + n, len - n);
-        }
-        self.free_pages -= n;
+            let &(len, s) = self.by_len.range((n, 0)..).next()?;
+            (s, len)
+        };
+        self.take_front(s, len, n);
         Some(s)
     }
 
     /// Takes `n` contiguous reusable pages for a transaction that wants its pages in runs:
     /// right after the previous allocation if those pages are free, else from the front of
-    /// the next extent (in page order, wrapping once) of at least `max(n, RUN_LEVELS[level])`
-    /// pages; never from the reserve. `None` if there is no such extent; the caller then
-    /// grows the file, tries the next level or falls back to [`Freelist::alloc`].
+    /// the shortest extent of at least `max(n, RUN_LEVELS[level])` pages; never from the
+    /// reserve. `None` if there is no such extent; the caller then grows the file, tries the
+    /// next level or falls back to [`Freelist::alloc`].
     pub(crate) fn alloc_in_run(&mut self, n: u64, level: usize) -> Option<u64> {
         debug_assert!(n > 0);
-        let reserve = self.reserve_start();
-        let at = self.free.partition_point(|&(s, _)| s < self.cursor);
-        if let Some(&(s, len)) = self.free.get(at) {
-            if s == self.cursor && len >= n && Some(s) != reserve {
-                return Some(self.take_front(at, n));
+        let reserve = self.reserve();
+        let cursor = self.cursor;
+        if let Some(&len) = self.free.get(&cursor) {
+            if len >= n && Some((cursor, len)) != reserve {
+                self.take_front(cursor, len, n);
+                self.cursor = cursor + n;
+                return Some(cursor);
             }
         }
-        let run = RUN_LEVELS[level];
-        let memo = n <= run;
-        if memo && self.no_extent_at_level & (1 << level) != 0 {
+        let want = n.max(RUN_LEVELS[level]);
+        let &(len, s) = self.by_len.range((want, 0)..).next()?;
+        // The reserve is the last extent by length: if it is the first that fits, it is the
+        // only one.
+        if Some((s, len)) == reserve {
             return None;
         }
-        let want = n.max(run);
-        let count = self.free.len();
-        let found = (0..count)
-            .map(|k| (at + k) % count)
-            .find(|&i| self.free[i].1 >= want && Some(self.free[i].0) != reserve);
-        match found {
-            Some(i) => Some(self.take_front(i, n)),
-            None => {
-                if memo {
-                    self.no_extent_at_level |= 1 << level;
-                }
-                None
-            }
-        }
+        self.take_front(s, len, n);
+        self.cursor = s + n;
+        Some(s)
     }
 
-    /// The reserve's first page, found again by a pass over the set if it was used up or
-    /// moved (after a release, or when an allocation or removal took part of it).
-    fn reserve_start(&mut self) -> Option<u64> {
-        if self.reserve.is_none() {
-            let mut longest: Option<(u64, u64)> = None;
-            for &(s, len) in &self.free {
-                if longest.is_none_or(|(_, l)| len > l) {
-                    longest = Some((s, len));
-                }
-            }
-            self.reserve = longest;
-        }
-        self.reserve.map(|(s, _)| s)
-    }
-
-    /// Takes the first `n` pages of extent `i` (at least `n` long, not the reserve) and moves
-    /// the cursor past them.
-    fn take_front(&mut self, i: usize, n: u64) -> u64 {
-        let (s, len) = self.free[i];
+    /// Takes the first `n` pages of the free extent `(s, len)` (`len >= n`).
+    fn take_front(&mut self, s: u64, len: u64, n: u64) {
         debug_assert!(len >= n);
-        debug_assert!(
-            self.reserve.is_none_or(|(r, _)| r != s),
-            "run taken from the reserve"
-        );
-        if len == n {
-            self.free.remove(i);
-        } else {
-            self.free[i] = (s + n, len - n);
+        let had = self.del(s);
+        debug_assert_eq!(had, Some(len));
+        if len > n {
+            self.put(s + n, len - n);
         }
         self.free_pages -= n;
-        self.cursor = s + n;
-        s
     }
 
     /// Points the run cursor at `pg` (the writer grew the file there, so its next pages
@@ -398,11 +336,25 @@ impl Freelist {
         self.cursor = pg;
     }
 
+    /// Panics unless the two indexes hold the same coalesced extents and `free_pages` counts
+    /// them.
+    #[cfg(test)]
+    pub(crate) fn assert_consistent(&self) {
+        let by_start: Vec<(u64, u64)> = self.free.iter().map(|(&s, &n)| (s, n)).collect();
+        let mut by_len: Vec<(u64, u64)> = self.by_len.iter().map(|&(n, s)| (s, n)).collect();
+        by_len.sort_unstable();
+        assert_eq!(by_start, by_len, "the length index differs");
+        for w in by_start.windows(2) {
+            assert!(w[0].0 + w[0].1 < w[1].0, "extents {w:?} overlap or touch");
+        }
+        let pages: u64 = by_start.iter().map(|&(_, n)| n).sum();
+        assert_eq!(pages, self.free_pages, "free_pages");
+    }
+
     /// Whether page `pg` is in the reusable set.
     #[cfg(test)]
     pub(crate) fn is_free(&self, pg: u64) -> bool {
-        let i = self.free.partition_point(|&(s, _)| s <= pg);
-        i > 0 && pg < self.free[i - 1].0 + self.free[i - 1].1
+        self.extent_at(pg).is_some()
     }
 
     /// Every free or pending extent, sorted and coalesced: what a meta persists (after a crash
@@ -413,7 +365,7 @@ impl Freelist {
         let mut pend: Vec<(u64, u64)> = self.pending.values().flatten().copied().collect();
         pend.sort_unstable();
         let mut out: Vec<(u64, u64)> = Vec::with_capacity(self.free.len() + pend.len());
-        let mut free = self.free.iter().copied().peekable();
+        let mut free = self.free.iter().map(|(&s, &n)| (s, n)).peekable();
         let mut pend = pend.into_iter().peekable();
         loop {
             let next = match (free.peek(), pend.peek()) {
@@ -439,7 +391,7 @@ impl Freelist {
 
     /// The reusable extents (sorted, coalesced).
     pub(crate) fn extents(&self) -> Vec<(u64, u64)> {
-        self.free.iter().copied().collect()
+        self.free.iter().map(|(&s, &n)| (s, n)).collect()
     }
 
     /// Upper bound on the number of extents `all_extents` returns.
@@ -451,9 +403,10 @@ impl Freelist {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
-    fn coalesces_and_allocates_first_fit() {
+    fn coalesces_and_allocates_lowest_single_pages_and_best_fit_runs() {
         let mut f = Freelist::default();
         f.insert_free(10, 2);
         f.insert_free(14, 1);
@@ -461,39 +414,41 @@ mod tests {
         assert_eq!(f.all_extents().unwrap(), vec![(10, 5)]);
         assert!(!f.insert_free(11, 1), "overlap refused");
         f.insert_free(20, 3);
-        assert_eq!(f.alloc(4), Some(10));
-        assert_eq!(f.alloc(2), Some(20));
-        assert_eq!(f.alloc(2), None);
-        // Single pages leave the reserve (the longest extent, the lowest of equals) alone.
-        assert_eq!(f.alloc(1), Some(22));
-        assert_eq!(f.free_pages(), 1);
-        assert!(f.is_free(14) && !f.is_free(22));
+        f.insert_free(30, 4);
+        assert_eq!(f.alloc(4), Some(30), "the shortest extent that fits");
+        assert_eq!(f.alloc(3), Some(20));
+        assert_eq!(f.alloc(2), Some(10));
+        assert_eq!(f.alloc(4), None);
+        // (12, 3) is the reserve: single pages take it last.
+        f.insert_free(40, 1);
+        assert_eq!(f.alloc(1), Some(40));
+        assert_eq!(f.alloc(1), Some(12), "only the reserve is left");
+        assert_eq!(f.free_pages(), 2);
+        assert!(f.is_free(14) && !f.is_free(12));
+        f.assert_consistent();
     }
 
     #[test]
-    fn runs_continue_at_the_cursor_then_take_the_next_long_extent_but_not_the_reserve() {
+    fn runs_continue_at_the_cursor_then_take_the_shortest_long_extent_but_not_the_reserve() {
         const RUN: u64 = RUN_LEVELS[0];
         let mut f = Freelist::default();
         f.insert_free(10, 3);
-        f.insert_free(100, RUN);
+        f.insert_free(100, RUN + 2);
         f.insert_free(200, RUN + 1);
         f.insert_free(1000, 4 * RUN);
-        f.set_cursor(150);
-        // From the cursor on, the first long extent (short ones skipped, the longest, at
-        // 1000, held back); the run continues there.
+        // The shortest extent of a run's length (short ones too short, the longest, at 1000,
+        // held back); the run continues there.
         assert_eq!(f.alloc_in_run(1, 0), Some(200));
         assert_eq!(f.alloc_in_run(3, 0), Some(201));
         // A page freed right at the cursor continues the run even though it is short.
         assert!(f.remove_range(204, RUN - 3));
         f.insert_free(204, 1);
         assert_eq!(f.alloc_in_run(1, 0), Some(204));
-        // The pass wraps to the lowest long extent.
         assert_eq!(f.alloc_in_run(2, 0), Some(100));
-        assert!(f.remove_range(102, RUN - 2));
-        // Only short extents besides the reserve: no run at level 0 (remembered until the set
-        // gains a long extent), but shorter levels find one.
+        assert!(f.remove_range(102, RUN));
+        // Only short extents besides the reserve: no run at level 0, but shorter levels find
+        // one.
         assert_eq!(f.alloc_in_run(1, 0), None);
-        assert_eq!(f.no_extent_at_level & 1, 1);
         assert_eq!(
             f.alloc_in_run(1, 2),
             None,
@@ -505,40 +460,32 @@ mod tests {
             "an extent of 3 is a run at level 3"
         );
         f.insert_free(50, RUN - 1);
-        assert_eq!(
-            f.no_extent_at_level & 1,
-            1,
-            "a short extent does not reset the memo"
-        );
-        f.insert_free(50 + RUN - 1, 1);
         f.set_cursor(0);
+        assert_eq!(f.alloc_in_run(1, 0), None);
+        f.insert_free(50 + RUN - 1, 1);
         assert_eq!(
             f.alloc_in_run(1, 0),
             Some(50),
             "two short extents merged make a run"
         );
-        // A run longer than the reserve can only come from first fit, which may use it.
+        // A run longer than the reserve can only come from `alloc`, which may use it.
         assert_eq!(f.alloc_in_run(RUN + 1, 0), None);
         assert_eq!(f.alloc(4 * RUN), Some(1000));
         assert_eq!(f.free_pages(), 2 + RUN - 1);
-        // A release resets the memo and finds the reserve again.
-        f.no_extent_at_level = 0xff;
+        // Released pages join into the new longest extent, the new reserve.
         for pg in 300..300 + 2 * RUN {
             f.add_pending(7, pg, 1);
         }
         f.release(7);
+        assert_eq!(f.reserve(), Some((300, 2 * RUN)));
+        assert_eq!(f.alloc_in_run(1, 0), Some(51), "the run continues");
+        f.set_cursor(0);
         assert_eq!(
             f.alloc_in_run(1, 0),
-            Some(51),
+            None,
             "the reserve (300) is left alone"
         );
-        // Single pages by first fit skip the reserve too, unless nothing else is free.
-        let mut g = Freelist::default();
-        g.insert_free(5, 1);
-        g.insert_free(7, 3);
-        assert_eq!(g.alloc(1), Some(5));
-        assert_eq!(g.alloc(1), Some(7), "only the reserve is left");
-        assert_eq!(g.alloc(2), Some(8));
+        f.assert_consistent();
     }
 
     #[test]
@@ -585,7 +532,7 @@ mod tests {
         assert_eq!(batched.extents(), single.all_extents().unwrap());
         assert_eq!(batched.free_pages(), 4 + 40);
         assert_eq!(batched.pending_pages(), 0);
-        // Lowest page first, except that single pages leave the longest extent alone.
+        // Single pages lowest first, except that they leave the longest extent alone.
         assert_eq!(batched.alloc(2), Some(100));
         assert_eq!(batched.alloc(1), Some(106), "102+2 is now the longest");
         // A page freed twice (damaged file) is unioned, not counted twice.
@@ -595,5 +542,101 @@ mod tests {
         batched.add_pending(10, 1000, 1);
         batched.release(10);
         assert_eq!(batched.free_pages(), 41 + 20);
+    }
+
+    /// One step of the model test: what a writer does to the set.
+    #[derive(Clone, Debug)]
+    enum Op {
+        Alloc(u64),
+        AllocInRun(u64, usize),
+        Cursor(u64),
+        /// Frees the `k`-th allocated extent (modulo) as pending for a later release.
+        Free(usize),
+        /// Releases every pending extent; a batch of 16+ takes the merge path.
+        Release,
+        Remove(u64, u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => (1u64..5).prop_map(Op::Alloc),
+            6 => (1u64..5, 0usize..RUN_LEVELS.len()).prop_map(|(n, l)| Op::AllocInRun(n, l)),
+            1 => (0u64..400).prop_map(Op::Cursor),
+            6 => any::<usize>().prop_map(Op::Free),
+            2 => Just(Op::Release),
+            1 => (0u64..400, 1u64..20).prop_map(|(s, n)| Op::Remove(s, n)),
+        ]
+    }
+
+    proptest! {
+        /// Every allocator path hands out only free pages, never the same page twice, and
+        /// keeps the set equal to a plain page set and its two indexes equal; runs leave the
+        /// reserve alone.
+        #[test]
+        fn allocation_matches_a_page_set_model(
+            extents in proptest::collection::vec((0u64..400, 1u64..40), 1..30),
+            ops in proptest::collection::vec(op(), 1..300),
+        ) {
+            let mut f = Freelist::default();
+            let mut model = std::collections::BTreeSet::new();
+            for (s, n) in extents {
+                if f.insert_free(s, n) {
+                    model.extend(s..s + n);
+                }
+                f.assert_consistent();
+            }
+            let (mut held, mut pending) = (Vec::new(), Vec::new());
+            for op in ops {
+                match op {
+                    Op::Alloc(n) | Op::AllocInRun(n, _) => {
+                        let reserve = f.reserve();
+                        let got = match op {
+                            Op::AllocInRun(_, l) => f.alloc_in_run(n, l),
+                            _ => f.alloc(n),
+                        };
+                        let any_fits = model.iter().any(|&p| (p..p + n).all(|q| model.contains(&q)));
+                        if let Op::Alloc(_) = op {
+                            prop_assert_eq!(got.is_some(), any_fits, "alloc finds any fit");
+                        }
+                        if let Some(pg) = got {
+                            for q in pg..pg + n {
+                                prop_assert!(model.remove(&q), "page {} handed out but not free", q);
+                            }
+                            if let (Op::AllocInRun(_, _), Some((rs, rl))) = (&op, reserve) {
+                                prop_assert!(pg + n <= rs || pg >= rs + rl, "run from the reserve");
+                            }
+                            held.push((pg, n));
+                        }
+                    }
+                    Op::Cursor(pg) => f.set_cursor(pg),
+                    Op::Free(k) if !held.is_empty() => {
+                        let (s, n) = held.swap_remove(k % held.len());
+                        pending.push((s, n));
+                        f.add_pending(1, s, n);
+                    }
+                    Op::Free(_) => {}
+                    Op::Release => {
+                        f.release(1);
+                        for (s, n) in pending.drain(..) {
+                            model.extend(s..s + n);
+                        }
+                    }
+                    Op::Remove(s, n) => {
+                        let all_free = (s..s + n).all(|q| model.contains(&q));
+                        let inside_one = f.remove_range(s, n);
+                        prop_assert_eq!(inside_one, all_free, "free pages are one extent");
+                        if inside_one {
+                            for q in s..s + n {
+                                model.remove(&q);
+                            }
+                        }
+                    }
+                }
+                f.assert_consistent();
+                let pages: Vec<u64> = f.extents().iter().flat_map(|&(s, n)| s..s + n).collect();
+                prop_assert_eq!(pages, model.iter().copied().collect::<Vec<_>>());
+                prop_assert_eq!(f.free_pages(), model.len() as u64);
+            }
+        }
     }
 }
