@@ -10,7 +10,8 @@
 //! them with a few large `pwritev`s and the disk gets sequential writes instead of one
 //! scattered 4 KiB page per changed leaf. The writer first looks for an extent of
 //! `RUN_LEVELS[0]` pages; without one it grows the file while little of it is free, else it
-//! takes shorter extents (the other levels) and at last first fit ([`Freelist::alloc`]).
+//! takes shorter extents (the other levels) and at last any extent that fits
+//! ([`Freelist::alloc`]: the lowest single page, best fit for more).
 //!
 //! One extent, the longest, is held back from runs and single pages (the reserve): breaking
 //! up every extent for runs once left no extent for a multi-page run (a freelist segment, a

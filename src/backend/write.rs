@@ -284,7 +284,7 @@ impl TxnCore {
             });
         }
         // Contiguity first (a long run in the free set, else the end of the file while little
-        // of it is free, else shorter runs), then first fit, then the end of the file.
+        // of it is free, else shorter runs), then any fit, then the end of the file.
         let grow_ok = self.hw + n <= self.max_pages;
         let may_grow = grow_ok && self.freelist.free_pages() * GROW_FOR_RUN_FREE_SHARE < self.hw;
         let reused = match self.freelist.alloc_in_run(n, 0) {
