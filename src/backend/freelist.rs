@@ -142,6 +142,11 @@ impl Freelist {
         self.by_len.last().map(|&(len, s)| (s, len))
     }
 
+    /// The reusable extents `(start, length)` in page order.
+    fn free_extents(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.free.iter().map(|(&s, &n)| (s, n))
+    }
+
     /// The free extent holding page `pg`, if any.
     fn extent_at(&self, pg: u64) -> Option<(u64, u64)> {
         let (&s, &n) = self.free.range(..=pg).next_back()?;
@@ -279,7 +284,7 @@ impl Freelist {
         debug_assert!(n > 0);
         let (s, len) = if n == 1 {
             let reserve = self.reserve();
-            let mut lowest = self.free.iter().map(|(&s, &len)| (s, len));
+            let mut lowest = self.free_extents();
             match lowest.next()? {
                 e if Some(e) == reserve => lowest.next().unwrap_or(e),
                 e => e,
@@ -303,9 +308,7 @@ impl Freelist {
         let cursor = self.cursor;
         if let Some(&len) = self.free.get(&cursor) {
             if len >= n && Some((cursor, len)) != reserve {
-                self.take_front(cursor, len, n);
-                self.cursor = cursor + n;
-                return Some(cursor);
+                return Some(self.take_run(cursor, len, n));
             }
         }
         let want = n.max(RUN_LEVELS[level]);
@@ -315,9 +318,14 @@ impl Freelist {
         if Some((s, len)) == reserve {
             return None;
         }
+        Some(self.take_run(s, len, n))
+    }
+
+    /// [`Freelist::take_front`], then the run continues after the pages taken.
+    fn take_run(&mut self, s: u64, len: u64, n: u64) -> u64 {
         self.take_front(s, len, n);
         self.cursor = s + n;
-        Some(s)
+        s
     }
 
     /// Takes the first `n` pages of the free extent `(s, len)` (`len >= n`).
@@ -341,7 +349,7 @@ impl Freelist {
     /// them.
     #[cfg(test)]
     pub(crate) fn assert_consistent(&self) {
-        let by_start: Vec<(u64, u64)> = self.free.iter().map(|(&s, &n)| (s, n)).collect();
+        let by_start: Vec<(u64, u64)> = self.free_extents().collect();
         let mut by_len: Vec<(u64, u64)> = self.by_len.iter().map(|&(n, s)| (s, n)).collect();
         by_len.sort_unstable();
         assert_eq!(by_start, by_len, "the length index differs");
@@ -366,7 +374,7 @@ impl Freelist {
         let mut pend: Vec<(u64, u64)> = self.pending.values().flatten().copied().collect();
         pend.sort_unstable();
         let mut out: Vec<(u64, u64)> = Vec::with_capacity(self.free.len() + pend.len());
-        let mut free = self.free.iter().map(|(&s, &n)| (s, n)).peekable();
+        let mut free = self.free_extents().peekable();
         let mut pend = pend.into_iter().peekable();
         loop {
             let next = match (free.peek(), pend.peek()) {
@@ -392,7 +400,7 @@ impl Freelist {
 
     /// The reusable extents (sorted, coalesced).
     pub(crate) fn extents(&self) -> Vec<(u64, u64)> {
-        self.free.iter().map(|(&s, &n)| (s, n)).collect()
+        self.free_extents().collect()
     }
 
     /// Upper bound on the number of extents `all_extents` returns.
@@ -553,7 +561,7 @@ mod tests {
         Cursor(u64),
         /// Frees the `k`-th allocated extent (modulo) as pending for a later release.
         Free(usize),
-        /// Releases every pending extent; a batch of 16+ takes the merge path.
+        /// Releases every pending extent.
         Release,
         Remove(u64, u64),
     }
