@@ -29,6 +29,11 @@ pub trait KvView {
     fn seek(&mut self, k: &[u8]) -> Result<Option<RawEntry>>;
     /// The last `kv` entry with tree key <= `k`.
     fn seek_for_prev(&mut self, k: &[u8]) -> Result<Option<RawEntry>>;
+    /// Calls `f` on each `kv` entry with tree key >= `from`, in key order, until `f` returns
+    /// false or the tree ends. Entries are borrowed for the call only.
+    fn scan_from<F>(&mut self, from: &[u8], f: F) -> Result<()>
+    where
+        F: FnMut(&[u8], &[u8]) -> Result<bool>;
     /// A `meta` counter, 0 if never written.
     fn counter(&mut self, name: &[u8]) -> Result<i64>;
 }
@@ -66,6 +71,24 @@ impl KvView for SnapshotView<'_> {
             None => Ok(None),
             Some(t) => Ok(owned(t.cursor().seek_for_prev(k)?)),
         }
+    }
+
+    fn scan_from<F>(&mut self, from: &[u8], mut f: F) -> Result<()>
+    where
+        F: FnMut(&[u8], &[u8]) -> Result<bool>,
+    {
+        let Some(t) = &self.kv else {
+            return Ok(());
+        };
+        let mut cursor = t.cursor();
+        let mut entry = cursor.seek(from)?;
+        while let Some((k, v)) = entry {
+            if !f(k, v)? {
+                break;
+            }
+            entry = cursor.next()?;
+        }
+        Ok(())
     }
 
     fn counter(&mut self, name: &[u8]) -> Result<i64> {
@@ -220,8 +243,26 @@ pub fn to_key_value(
     })
 }
 
+/// Versions of one key a range steps through before it seeks to the version it needs
+/// instead: a key with a long uncompacted history costs one seek, not a walk over it.
+const MAX_VERSION_STEPS: usize = 8;
+
+/// What [`for_each_visible`]'s walk does after a scan stops for a reason other than `f`.
+enum Resume {
+    /// Continue at the first entry >= this tree key (skipping a key's remaining versions).
+    At(Vec<u8>),
+    /// The key being walked has many versions: seek to its version at the read revision,
+    /// then continue with the next key.
+    SeekVisible,
+}
+
 /// Visits every key visible at `rev` in `[start, end)` in key order, with its record, until
 /// `f` returns false.
+///
+/// One forward walk over the `kv` tree: a key's versions are adjacent and ordered by
+/// revision, so the walk keeps the newest version at or below `rev` and hands it to `f`
+/// when the next key begins. Deleted keys and versions cost a step each rather than a seek
+/// from the root.
 pub fn for_each_visible(
     view: &mut impl KvView,
     start: &[u8],
@@ -229,27 +270,90 @@ pub fn for_each_visible(
     rev: Revision,
     mut f: impl FnMut(&[u8], Revision, &[u8]) -> Result<bool>,
 ) -> Result<()> {
+    debug_assert!(rev >= 0);
     if *end == RangeEnd::Single {
         if let Some((mod_rev, record)) = latest(view, start, rev)? {
             f(start, mod_rev, &record)?;
         }
         return Ok(());
     }
-    // The oldest version of the first key >= start.
-    let mut probe = raw_kv_key(start, 0);
-    while let Some((k, _)) = view.seek(&probe)? {
-        let (user, _) = split_kv_key(&k)?;
-        if !end.contains(start, user) {
-            break;
+    // The key being walked (`None` before the first), the newest of its versions at or below
+    // `rev` seen so far and how many of its versions the walk has stepped over.
+    let mut key: Option<Vec<u8>> = None;
+    let mut visible: Option<Revision> = None;
+    let mut record: Vec<u8> = Vec::new();
+    let mut steps = 0usize;
+    // Hands the finished key's visible version to `f`; false when `f` wants no more.
+    let mut finish = |key: &[u8], visible: Option<Revision>, record: &[u8]| -> Result<bool> {
+        match visible {
+            Some(mod_rev) if RecordHeader::decode(record)?.kind == EventKind::Put => {
+                f(key, mod_rev, record)
+            }
+            _ => Ok(true),
         }
-        let user = user.to_vec();
-        if let Some((mod_rev, record)) = latest(view, &user, rev)? {
-            if !f(&user, mod_rev, &record)? {
-                break;
+    };
+    // The oldest version of the first key >= start.
+    let mut from = raw_kv_key(start, 0);
+    loop {
+        let mut done = false;
+        let mut resume = None;
+        view.scan_from(&from, |k, v| {
+            let (user, mod_rev) = split_kv_key(k)?;
+            if key.as_deref() != Some(user) {
+                if let Some(prev) = key.as_deref() {
+                    if !finish(prev, visible.take(), &record)? {
+                        done = true;
+                        return Ok(false);
+                    }
+                }
+                if !end.contains(start, user) {
+                    done = true;
+                    return Ok(false);
+                }
+                let k = key.get_or_insert_with(Vec::new);
+                k.clear();
+                k.extend_from_slice(user);
+                steps = 0;
+            }
+            if mod_rev > rev {
+                // Every later version of this key is newer still.
+                resume = Some(Resume::At(raw_kv_key(user, u64::MAX)));
+                return Ok(false);
+            }
+            steps += 1;
+            if steps > MAX_VERSION_STEPS {
+                resume = Some(Resume::SeekVisible);
+                return Ok(false);
+            }
+            visible = Some(mod_rev);
+            record.clear();
+            record.extend_from_slice(v);
+            Ok(true)
+        })?;
+        if done {
+            return Ok(());
+        }
+        match resume {
+            // The tree ended.
+            None => break,
+            Some(Resume::At(k)) => from = k,
+            Some(Resume::SeekVisible) => {
+                let user = key.as_deref().expect("a key is being walked");
+                let (k, v) = view
+                    .seek_for_prev(&raw_kv_key(user, rev as u64))?
+                    .expect("the walk passed a version of this key at or below rev");
+                let (found, mod_rev) = split_kv_key(&k)?;
+                debug_assert_eq!(found, user);
+                debug_assert!(mod_rev <= rev);
+                visible = Some(mod_rev);
+                record = v;
+                // No revision is u64::MAX, so this lands on the next user key.
+                from = raw_kv_key(user, u64::MAX);
             }
         }
-        // No revision is u64::MAX, so this lands on the next user key.
-        probe = raw_kv_key(&user, u64::MAX);
+    }
+    if let Some(last) = key.as_deref() {
+        finish(last, visible, &record)?;
     }
     Ok(())
 }

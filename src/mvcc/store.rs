@@ -49,6 +49,11 @@ impl Default for Limits {
     }
 }
 
+/// Entries the first chunk of a walk over the write transaction's `kv` tree copies out.
+const WRITE_SCAN_FIRST_CHUNK: usize = 8;
+/// Most entries one chunk of such a walk copies out.
+const WRITE_SCAN_MAX_CHUNK: usize = 256;
+
 /// A [`KvView`] of the state inside the write transaction, including its own changes.
 pub struct WriteView<'a, 'b> {
     txn: &'a mut WriteTxn<'b>,
@@ -76,6 +81,30 @@ impl KvView for WriteView<'_, '_> {
             .scan_rev((Bound::Unbounded, Bound::Included(k)), 1)?
             .into_iter()
             .next())
+    }
+
+    fn scan_from<F>(&mut self, from: &[u8], mut f: F) -> Result<()>
+    where
+        F: FnMut(&[u8], &[u8]) -> Result<bool>,
+    {
+        let tree = self.txn.open_tree(KV_TREE, KV_ORDER)?;
+        // The transaction's tree is copied out a chunk at a time; chunks grow so a short walk
+        // copies little and a long one makes few calls.
+        let mut chunk_len = WRITE_SCAN_FIRST_CHUNK;
+        let mut chunk = tree.scan((Bound::Included(from), Bound::Unbounded), chunk_len)?;
+        loop {
+            for (k, v) in &chunk {
+                if !f(k, v)? {
+                    return Ok(());
+                }
+            }
+            if chunk.len() < chunk_len {
+                return Ok(());
+            }
+            let last = chunk.pop().expect("a full chunk").0;
+            chunk_len = (chunk_len * 2).min(WRITE_SCAN_MAX_CHUNK);
+            chunk = tree.scan((Bound::Excluded(&last[..]), Bound::Unbounded), chunk_len)?;
+        }
     }
 
     fn counter(&mut self, name: &[u8]) -> Result<i64> {
