@@ -29,11 +29,12 @@ pub trait KvView {
     fn seek(&mut self, k: &[u8]) -> Result<Option<RawEntry>>;
     /// The last `kv` entry with tree key <= `k`.
     fn seek_for_prev(&mut self, k: &[u8]) -> Result<Option<RawEntry>>;
-    /// Calls `f` on each `kv` entry with tree key >= `from`, in key order, until `f` returns
-    /// false or the tree ends. Entries are borrowed for the call only.
+    /// Calls `f(key, value, next key)` on each `kv` entry with tree key >= `from`, in key
+    /// order, until `f` returns false or the tree ends; the next entry's key is `None` at the
+    /// end of the tree. Entries are borrowed for the call only.
     fn scan_from<F>(&mut self, from: &[u8], f: F) -> Result<()>
     where
-        F: FnMut(&[u8], &[u8]) -> Result<bool>;
+        F: FnMut(&[u8], &[u8], Option<&[u8]>) -> Result<bool>;
     /// A `meta` counter, 0 if never written.
     fn counter(&mut self, name: &[u8]) -> Result<i64>;
 }
@@ -75,18 +76,20 @@ impl KvView for SnapshotView<'_> {
 
     fn scan_from<F>(&mut self, from: &[u8], mut f: F) -> Result<()>
     where
-        F: FnMut(&[u8], &[u8]) -> Result<bool>,
+        F: FnMut(&[u8], &[u8], Option<&[u8]>) -> Result<bool>,
     {
         let Some(t) = &self.kv else {
             return Ok(());
         };
         let mut cursor = t.cursor();
         let mut entry = cursor.seek(from)?;
+        // Entries borrow from the snapshot, not the cursor: the cursor can step ahead.
         while let Some((k, v)) = entry {
-            if !f(k, v)? {
+            let next = cursor.next()?;
+            if !f(k, v, next.map(|(nk, _)| nk))? {
                 break;
             }
-            entry = cursor.next()?;
+            entry = next;
         }
         Ok(())
     }
@@ -243,26 +246,26 @@ pub fn to_key_value(
     })
 }
 
-/// Versions of one key a range steps through before it seeks to the version it needs
-/// instead: a key with a long uncompacted history costs one seek, not a walk over it.
+/// Versions of one key a range steps over before it seeks to the version it needs instead:
+/// a key with a long uncompacted history costs one seek, not a walk over it.
 const MAX_VERSION_STEPS: usize = 8;
 
 /// What [`for_each_visible`]'s walk does after a scan stops for a reason other than `f`.
 enum Resume {
     /// Continue at the first entry >= this tree key (skipping a key's remaining versions).
     At(Vec<u8>),
-    /// The key being walked has many versions: seek to its version at the read revision,
-    /// then continue with the next key.
-    SeekVisible,
+    /// This key has many versions at or below the read revision: seek to the newest of
+    /// them, then continue with the next key.
+    SeekVisible(Vec<u8>),
 }
 
 /// Visits every key visible at `rev` in `[start, end)` in key order, with its record, until
 /// `f` returns false.
 ///
 /// One forward walk over the `kv` tree: a key's versions are adjacent and ordered by
-/// revision, so the walk keeps the newest version at or below `rev` and hands it to `f`
-/// when the next key begins. Deleted keys and versions cost a step each rather than a seek
-/// from the root.
+/// revision, so a version is the one visible at `rev` when it is at or below `rev` and the
+/// next entry is another key or a version above `rev`. Nothing is copied; deleted keys and
+/// old versions cost a step each rather than a seek from the root.
 pub fn for_each_visible(
     view: &mut impl KvView,
     start: &[u8],
@@ -277,85 +280,71 @@ pub fn for_each_visible(
         }
         return Ok(());
     }
-    // The key being walked (`None` before the first), the newest of its versions at or below
-    // `rev` seen so far and how many of its versions the walk has stepped over.
-    let mut key: Option<Vec<u8>> = None;
-    let mut visible: Option<Revision> = None;
-    let mut record: Vec<u8> = Vec::new();
+    // Versions of the current key stepped over so far (0: the next entry starts a key).
     let mut steps = 0usize;
-    // Hands the finished key's visible version to `f`; false when `f` wants no more.
-    let mut finish = |key: &[u8], visible: Option<Revision>, record: &[u8]| -> Result<bool> {
-        match visible {
-            Some(mod_rev) if RecordHeader::decode(record)?.kind == EventKind::Put => {
-                f(key, mod_rev, record)
-            }
-            _ => Ok(true),
-        }
-    };
     // The oldest version of the first key >= start.
     let mut from = raw_kv_key(start, 0);
     loop {
         let mut done = false;
         let mut resume = None;
-        view.scan_from(&from, |k, v| {
+        view.scan_from(&from, |k, v, next| {
             let (user, mod_rev) = split_kv_key(k)?;
-            if key.as_deref() != Some(user) {
-                if let Some(prev) = key.as_deref() {
-                    if !finish(prev, visible.take(), &record)? {
-                        done = true;
-                        return Ok(false);
-                    }
-                }
-                if !end.contains(start, user) {
-                    done = true;
-                    return Ok(false);
-                }
-                let k = key.get_or_insert_with(Vec::new);
-                k.clear();
-                k.extend_from_slice(user);
-                steps = 0;
+            if steps == 0 && !end.contains(start, user) {
+                done = true;
+                return Ok(false);
             }
             if mod_rev > rev {
-                // Every later version of this key is newer still.
+                // Only a key's first entry gets here: no version of it is visible.
                 resume = Some(Resume::At(raw_kv_key(user, u64::MAX)));
                 return Ok(false);
             }
-            steps += 1;
-            if steps > MAX_VERSION_STEPS {
-                resume = Some(Resume::SeekVisible);
+            let next_version = match next {
+                Some(nk) => match split_kv_key(nk)? {
+                    (next_user, next_rev) if next_user == user => Some(next_rev),
+                    _ => None,
+                },
+                None => None,
+            };
+            if next_version.is_some_and(|r| r <= rev) {
+                // A newer version is visible too.
+                steps += 1;
+                if steps >= MAX_VERSION_STEPS {
+                    resume = Some(Resume::SeekVisible(user.to_vec()));
+                    return Ok(false);
+                }
+                return Ok(true);
+            }
+            steps = 0;
+            if RecordHeader::decode(v)?.kind == EventKind::Put && !f(user, mod_rev, v)? {
+                done = true;
                 return Ok(false);
             }
-            visible = Some(mod_rev);
-            record.clear();
-            record.extend_from_slice(v);
+            if next_version.is_some() {
+                // The key's remaining versions are all above `rev`.
+                resume = Some(Resume::At(raw_kv_key(user, u64::MAX)));
+                return Ok(false);
+            }
             Ok(true)
         })?;
         if done {
             return Ok(());
         }
+        steps = 0;
         match resume {
             // The tree ended.
-            None => break,
+            None => return Ok(()),
             Some(Resume::At(k)) => from = k,
-            Some(Resume::SeekVisible) => {
-                let user = key.as_deref().expect("a key is being walked");
-                let (k, v) = view
-                    .seek_for_prev(&raw_kv_key(user, rev as u64))?
-                    .expect("the walk passed a version of this key at or below rev");
-                let (found, mod_rev) = split_kv_key(&k)?;
-                debug_assert_eq!(found, user);
-                debug_assert!(mod_rev <= rev);
-                visible = Some(mod_rev);
-                record = v;
+            Some(Resume::SeekVisible(user)) => {
+                if let Some((mod_rev, record)) = latest(view, &user, rev)? {
+                    if !f(&user, mod_rev, &record)? {
+                        return Ok(());
+                    }
+                }
                 // No revision is u64::MAX, so this lands on the next user key.
-                from = raw_kv_key(user, u64::MAX);
+                from = raw_kv_key(&user, u64::MAX);
             }
         }
     }
-    if let Some(last) = key.as_deref() {
-        finish(last, visible, &record)?;
-    }
-    Ok(())
 }
 
 /// Serves a range request at the view's state, with etcd's semantics for limit, count,

@@ -85,25 +85,38 @@ impl KvView for WriteView<'_, '_> {
 
     fn scan_from<F>(&mut self, from: &[u8], mut f: F) -> Result<()>
     where
-        F: FnMut(&[u8], &[u8]) -> Result<bool>,
+        F: FnMut(&[u8], &[u8], Option<&[u8]>) -> Result<bool>,
     {
         let tree = self.txn.open_tree(KV_TREE, KV_ORDER)?;
         // The transaction's tree is copied out a chunk at a time; chunks grow so a short walk
-        // copies little and a long one makes few calls.
+        // copies little and a long one makes few calls. The following chunk is read before
+        // the last entry of this one is visited, which needs the next key.
         let mut chunk_len = WRITE_SCAN_FIRST_CHUNK;
         let mut chunk = tree.scan((Bound::Included(from), Bound::Unbounded), chunk_len)?;
         loop {
-            for (k, v) in &chunk {
-                if !f(k, v)? {
+            let following = match chunk.last() {
+                Some((last, _)) if chunk.len() == chunk_len => {
+                    chunk_len = (chunk_len * 2).min(WRITE_SCAN_MAX_CHUNK);
+                    Some(tree.scan((Bound::Excluded(&last[..]), Bound::Unbounded), chunk_len)?)
+                }
+                _ => None,
+            };
+            for (i, (k, v)) in chunk.iter().enumerate() {
+                let next = match chunk.get(i + 1) {
+                    Some((nk, _)) => Some(&nk[..]),
+                    None => following
+                        .as_ref()
+                        .and_then(|c| c.first())
+                        .map(|(nk, _)| &nk[..]),
+                };
+                if !f(k, v, next)? {
                     return Ok(());
                 }
             }
-            if chunk.len() < chunk_len {
-                return Ok(());
+            match following {
+                Some(c) if !c.is_empty() => chunk = c,
+                _ => return Ok(()),
             }
-            let last = chunk.pop().expect("a full chunk").0;
-            chunk_len = (chunk_len * 2).min(WRITE_SCAN_MAX_CHUNK);
-            chunk = tree.scan((Bound::Excluded(&last[..]), Bound::Unbounded), chunk_len)?;
         }
     }
 
