@@ -171,6 +171,11 @@ impl Freelist {
         (pg < s + n).then_some((s, n))
     }
 
+    /// Whether the held run shares a page with `[start, end)`.
+    fn run_overlaps(&self, start: u64, end: u64) -> bool {
+        self.run.is_some_and(|(s, n)| s < end && start < s + n)
+    }
+
     /// Puts the held run back into the indexes (no merging needed: nothing touches it).
     fn settle(&mut self) {
         if let Some((s, len)) = self.run.take() {
@@ -200,10 +205,10 @@ impl Freelist {
     pub(crate) fn insert_free(&mut self, start: u64, len: u64) -> bool {
         debug_assert!(len > 0);
         let end = start.saturating_add(len);
+        if self.run_overlaps(start, end) {
+            return false;
+        }
         if let Some((s, n)) = self.run {
-            if s < end && start < s + n {
-                return false;
-            }
             if end == s || s + n == start {
                 // Joins the held run: merge in the indexes.
                 self.settle();
@@ -256,7 +261,7 @@ impl Freelist {
     /// Whether any page of `[start, start+len)` is in the reusable set.
     pub(crate) fn overlaps_free(&self, start: u64, len: u64) -> bool {
         let end = start.saturating_add(len);
-        self.run.is_some_and(|(s, n)| s < end && start < s + n)
+        self.run_overlaps(start, end)
             || self
                 .free
                 .range(..end)
@@ -348,10 +353,7 @@ impl Freelist {
         let cursor = self.cursor;
         if let Some((s, len)) = self.run {
             if s == cursor && len >= n && Some((s, len)) != self.reserve() {
-                self.run = (len > n).then_some((s + n, len - n));
-                self.free_pages -= n;
-                self.cursor = s + n;
-                return Some(s);
+                return Some(self.hand_out(s, len, n));
             }
         }
         self.settle();
@@ -377,6 +379,13 @@ impl Freelist {
         debug_assert!(len >= n && self.run.is_none());
         let had = self.del(s);
         debug_assert_eq!(had, Some(len));
+        self.hand_out(s, len, n)
+    }
+
+    /// Hands out the first `n` pages of the unindexed extent `(s, len)`, holding the rest as
+    /// the run; the cursor moves past them.
+    fn hand_out(&mut self, s: u64, len: u64, n: u64) -> u64 {
+        debug_assert!(len >= n);
         self.run = (len > n).then_some((s + n, len - n));
         self.free_pages -= n;
         self.cursor = s + n;
@@ -434,7 +443,7 @@ impl Freelist {
         // `free` is already sorted; only the (usually few) pending extents need sorting.
         let mut pend: Vec<(u64, u64)> = self.pending.values().flatten().copied().collect();
         pend.sort_unstable();
-        let mut out: Vec<(u64, u64)> = Vec::with_capacity(self.free.len() + pend.len());
+        let mut out: Vec<(u64, u64)> = Vec::with_capacity(self.extent_bound());
         let mut free = self.free_extents().peekable();
         let mut pend = pend.into_iter().peekable();
         loop {
